@@ -1,0 +1,171 @@
+//! Types shared by podmeter's kernel programs and its userspace agent.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, has no `bool` and no implicit padding, so the kernel
+//! and userspace agree on its bytes.
+#![no_std]
+
+/// Which end of a TCP connection a socket is, seen from the pod that owns the socket.
+pub mod role {
+    /// Not known yet (no handshake seen and no request yet).
+    pub const UNKNOWN: u32 = 0;
+    /// The socket accepted the connection and receives requests: inbound traffic for its pod.
+    pub const SERVER: u32 = 1;
+    /// The socket opened the connection and sends requests: outbound traffic for its pod.
+    pub const CLIENT: u32 = 2;
+}
+
+/// Where the other end of a connection is.
+pub mod peer {
+    /// Across a network device: another pod, the node, or outside the node.
+    pub const REMOTE: u16 = 0;
+    /// Over the loopback device: the other end is in the same network namespace, i.e. the same pod.
+    pub const LOOPBACK: u16 = 1;
+}
+
+/// Kinds of [`HttpEvent`].
+pub mod event_kind {
+    /// The first segment of a request (request line).
+    pub const REQUEST: u32 = 1;
+    /// The first segment of a final response (status >= 200, or 101).
+    pub const RESPONSE: u32 = 2;
+    /// The connection closed while a request was waiting for its response.
+    pub const CLOSED_WITHOUT_RESPONSE: u32 = 3;
+}
+
+/// How an exchange ended, as counted per (cgroup, role, peer).
+pub mod status_class {
+    /// The connection closed before a final response came.
+    pub const NONE: u16 = 0;
+    /// 1xx..5xx are their own value; anything else (e.g. 600..999, or a response whose status line
+    /// was not recognised) is `OTHER`.
+    pub const OTHER: u16 = 6;
+    /// Number of classes.
+    pub const COUNT: usize = 7;
+
+    /// The class of a status code.
+    #[inline(always)]
+    pub const fn of(status: u32) -> u16 {
+        match status / 100 {
+            1 => 1,
+            2 => 2,
+            3 => 3,
+            4 => 4,
+            5 => 5,
+            _ => OTHER,
+        }
+    }
+}
+
+/// Which counter of a (cgroup, role, peer) a [`CountKey`] names.
+pub mod counter {
+    /// Requests started (request line seen once; retransmissions and body bytes excluded).
+    pub const REQUESTS: u16 = 0;
+
+    /// Exchanges ended with a status class (see [`super::status_class`]).
+    #[inline(always)]
+    pub const fn responses(class: u16) -> u16 {
+        1 + class
+    }
+}
+
+/// Key of the exact counters; the value is a `u64` per CPU, summed by userspace. The counter
+/// kind is part of the key (not an index into an array value) so the kernel never computes a
+/// variable offset into a map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CountKey {
+    /// cgroup v2 id (the inode number of the cgroup directory) of the socket's cgroup.
+    pub cgroup_id: u64,
+    /// [`role`] of the socket that observed the requests.
+    pub role: u32,
+    /// [`peer`] class of the connection.
+    pub peer: u16,
+    /// [`counter`] kind.
+    pub counter: u16,
+}
+
+/// Bytes of the request line carried in a request event.
+pub const HEAD_LEN: usize = 96;
+
+/// One HTTP observation sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the segment was seen.
+    pub ts_ns: u64,
+    /// Socket cookie: stable id of the socket for its lifetime.
+    pub cookie: u64,
+    /// cgroup v2 id of the socket.
+    pub cgroup_id: u64,
+    /// [`event_kind`].
+    pub kind: u32,
+    /// [`role`] of the socket.
+    pub role: u32,
+    /// [`peer`] class.
+    pub peer: u16,
+    /// [`status_class`] of a response event.
+    pub status_class: u16,
+    /// HTTP status code for responses, 0 otherwise.
+    pub status: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    /// Number of valid bytes in `head`.
+    pub head_len: u32,
+    /// Local address; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub remote_addr: [u8; 16],
+    /// Local TCP port, host order.
+    pub local_port: u16,
+    /// Remote TCP port, host order.
+    pub remote_port: u16,
+    /// TCP sequence number of the segment.
+    pub seq: u32,
+    /// The first bytes of the request (request events only).
+    pub head: [u8; HEAD_LEN],
+}
+
+/// Indexes into the agent's per-CPU `STATS` array: what the kernel side did and what it lost.
+pub mod stat {
+    /// Events that did not fit in the ring buffer (the counters stay exact).
+    pub const EVENTS_DROPPED: u32 = 0;
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 1;
+    /// Request-looking segments skipped because their sequence number was already counted.
+    pub const RETRANSMISSIONS_SKIPPED: u32 = 2;
+    /// Request-looking segments skipped because the connection was waiting for a response
+    /// (request bodies, pipelined requests).
+    pub const BODY_MATCHES_SKIPPED: u32 = 3;
+    /// Connections entered in the connection table.
+    pub const CONNECTIONS_OPENED: u32 = 4;
+    /// Connections removed from the table on close.
+    pub const CONNECTIONS_CLOSED: u32 = 5;
+    /// Counter updates that failed because the counter map was full.
+    pub const COUNTER_MAP_FULL: u32 = 6;
+    /// Connection-table insertions that failed.
+    pub const CONNECTION_TABLE_FULL: u32 = 7;
+    /// Responses whose start was not recognised (the exchange ended without a status).
+    pub const RESPONSES_UNRECOGNISED: u32 = 8;
+    /// Connections switched to another protocol (101 Switching Protocols): no longer parsed.
+    pub const CONNECTIONS_UPGRADED: u32 = 9;
+    /// Number of slots.
+    pub const SLOTS: u32 = 10;
+}
+
+/// Names of the kernel maps and programs, shared so both sides spell them the same.
+pub mod names {
+    pub const COUNTS: &str = "COUNTS";
+    pub const CONNECTIONS: &str = "CONNECTIONS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const STATS: &str = "STATS";
+    pub const INGRESS: &str = "podmeter_ingress";
+    pub const EGRESS: &str = "podmeter_egress";
+    pub const SOCK_OPS: &str = "podmeter_sock_ops";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::CountKey {}
+    unsafe impl aya::Pod for super::HttpEvent {}
+}

@@ -1,0 +1,63 @@
+//! Writing what was seen: exact counters, self-statistics, and ring buffer events.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use podmeter_common::{CountKey, HttpEvent, stat};
+
+use crate::maps::{COUNTS, EVENTS, STATS};
+
+/// The reader is woken once this many bytes wait in the ring; it also drains on a short timer,
+/// so one wake-up serves hundreds of events instead of one each.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+
+/// Adds one in place. The add is atomic because a softirq (ingress) can interrupt a program
+/// running in process context (egress) on the same CPU and touch the same per-CPU slot.
+#[inline(always)]
+fn add(slot: *mut u64) {
+    // core's AtomicU64 has no fetch_add on the BPF target; the intrinsic lowers to BPF's atomic add.
+    // SAFETY: `slot` points into a live map value, 8-byte aligned.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+}
+
+/// Increments one self-statistic.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        add(slot);
+    }
+}
+
+/// Increments the counter named by `key`.
+#[inline(always)]
+pub fn count(key: &CountKey) {
+    if let Some(slot) = COUNTS.get_ptr_mut(key) {
+        add(slot);
+        return;
+    }
+    // Another CPU may insert the same key first: then the lookup below finds its entry.
+    let inserted = COUNTS.insert(key, &0, u64::from(BPF_NOEXIST));
+    match COUNTS.get_ptr_mut(key) {
+        Some(slot) => add(slot),
+        None if inserted.is_err() => bump(stat::COUNTER_MAP_FULL),
+        None => {}
+    }
+}
+
+/// Reserves an event, lets `fill` write it, and submits it; counts it as dropped when the ring is
+/// full. Returns nothing: the counters, not the events, are the source of truth.
+#[inline(always)]
+pub fn emit(fill: impl FnOnce(*mut HttpEvent)) {
+    let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
+        bump(stat::EVENTS_DROPPED);
+        return;
+    };
+    fill(entry.as_mut_ptr());
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
+    bump(stat::EVENTS_SENT);
+}

@@ -1,0 +1,187 @@
+//! Reading the kernel's exact counters and turning them into per-(cgroup, role, peer) deltas.
+//!
+//! The counters are the source of truth for request counts and rates: they are exact even when
+//! the event ring overflows. Each read sums the per-CPU copies; [`Deltas`] remembers the last
+//! value of each counter so that what changed is booked once, and entries of dead cgroups can be
+//! deleted from the kernel map without losing or double counting anything.
+
+use std::collections::HashMap;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use podmeter_common::{CountKey, counter, stat, status_class};
+
+use crate::Error;
+
+/// The sockets one set of counters describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub role: u32,
+    pub peer: u16,
+}
+
+/// Requests and how the exchanges ended, for one [`FlowKey`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    /// Indexed by `podmeter_common::status_class`.
+    pub responses: [u64; status_class::COUNT],
+}
+
+impl Counts {
+    fn add(&mut self, counter_kind: u16, value: u64) {
+        if counter_kind == counter::REQUESTS {
+            self.requests += value;
+        } else if let Some(slot) = self
+            .responses
+            .get_mut(usize::from(counter_kind - counter::responses(0)))
+        {
+            *slot += value;
+        }
+    }
+}
+
+/// Sums the per-CPU copies of every counter.
+pub fn read_counts(
+    map: &PerCpuHashMap<MapData, CountKey, u64>,
+) -> Result<Vec<(CountKey, u64)>, Error> {
+    map.iter()
+        .map(|entry| {
+            let (key, per_cpu) = entry.map_err(|source| Error::Map {
+                map: "COUNTS",
+                source,
+            })?;
+            Ok((key, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
+        })
+        .collect()
+}
+
+/// Sums the per-CPU copies of the kernel's self-statistics.
+pub fn read_stats(map: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Error> {
+    let mut slots = [0u64; stat::SLOTS as usize];
+    for (i, slot) in (0u32..).zip(slots.iter_mut()) {
+        let per_cpu = map.get(&i, 0).map_err(|source| Error::Map {
+            map: "STATS",
+            source,
+        })?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(KernelStats(slots))
+}
+
+/// The kernel's self-statistics, indexed by `podmeter_common::stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats(pub [u64; stat::SLOTS as usize]);
+
+impl KernelStats {
+    pub fn get(&self, index: u32) -> u64 {
+        self.0.get(index as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Remembers the last value of each kernel counter.
+#[derive(Default)]
+pub struct Deltas {
+    last: HashMap<CountKey, u64>,
+}
+
+impl Deltas {
+    /// What changed since the previous call, summed per [`FlowKey`]. A counter below its last
+    /// value was deleted and created again, so all of its value is new.
+    pub fn update(&mut self, current: &[(CountKey, u64)]) -> Vec<(FlowKey, Counts)> {
+        let mut changed: HashMap<FlowKey, Counts> = HashMap::new();
+        for (key, now) in current {
+            let before = self.last.insert(*key, *now).unwrap_or(0);
+            let delta = if *now >= before { now - before } else { *now };
+            if delta > 0 {
+                let flow = FlowKey {
+                    cgroup_id: key.cgroup_id,
+                    role: key.role,
+                    peer: key.peer,
+                };
+                changed.entry(flow).or_default().add(key.counter, delta);
+            }
+        }
+        let mut out: Vec<_> = changed.into_iter().collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Forgets a counter that was deleted from the kernel map.
+    pub fn forget(&mut self, key: &CountKey) {
+        self.last.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOW: FlowKey = FlowKey {
+        cgroup_id: 1,
+        role: 1,
+        peer: 0,
+    };
+
+    fn key(kind: u16) -> CountKey {
+        CountKey {
+            cgroup_id: FLOW.cgroup_id,
+            role: FLOW.role,
+            peer: FLOW.peer,
+            counter: kind,
+        }
+    }
+
+    fn counts(requests: u64, ok: u64) -> Counts {
+        let mut c = Counts {
+            requests,
+            ..Counts::default()
+        };
+        c.responses[2] = ok;
+        c
+    }
+
+    const OK: u16 = counter::responses(2);
+
+    #[test]
+    fn first_read_books_everything_then_only_changes() {
+        let mut d = Deltas::default();
+        assert_eq!(
+            d.update(&[(key(counter::REQUESTS), 5), (key(OK), 4)]),
+            vec![(FLOW, counts(5, 4))]
+        );
+        assert_eq!(
+            d.update(&[(key(counter::REQUESTS), 5), (key(OK), 4)]),
+            vec![]
+        );
+        assert_eq!(
+            d.update(&[(key(counter::REQUESTS), 8), (key(OK), 8)]),
+            vec![(FLOW, counts(3, 4))]
+        );
+    }
+
+    #[test]
+    fn recreated_counter_counts_from_zero() {
+        let mut d = Deltas::default();
+        d.update(&[(key(counter::REQUESTS), 100)]);
+        d.forget(&key(counter::REQUESTS));
+        assert_eq!(
+            d.update(&[(key(counter::REQUESTS), 2)]),
+            vec![(FLOW, counts(2, 0))]
+        );
+    }
+
+    #[test]
+    fn a_value_going_backwards_is_taken_as_new() {
+        let mut d = Deltas::default();
+        d.update(&[(key(OK), 10)]);
+        assert_eq!(d.update(&[(key(OK), 3)]), vec![(FLOW, counts(0, 3))]);
+    }
+
+    #[test]
+    fn unknown_counter_kinds_are_ignored() {
+        let mut c = Counts::default();
+        c.add(counter::responses(status_class::COUNT as u16), 5);
+        assert_eq!(c, Counts::default());
+    }
+}

@@ -1,0 +1,76 @@
+//! Checks made before touching the kernel, so a missing privilege or cgroup2 gives one clear line.
+
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Capabilities the agent needs (bit numbers from linux/capability.h).
+const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Fails unless the effective capability set allows loading and attaching the programs.
+pub fn check_privileges() -> Result<(), Error> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_ADMIN implies the BPF capabilities on every kernel that has them.
+    if effective & (1 << CAP_SYS_ADMIN) != 0 {
+        return Ok(());
+    }
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::MissingPrivileges {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// The cgroup2 mount point from /proc/self/mountinfo (e.g. /sys/fs/cgroup, or
+/// /sys/fs/cgroup/unified on hybrid hosts).
+pub fn cgroup2_mount() -> Result<PathBuf, Error> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            // "<id> <parent> <dev> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or(Error::NoCgroup2Mount)
+}
+
+/// Fails unless `path` is a directory of a cgroup v2 hierarchy.
+pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::NotCgroup2 {
+            path: path.to_owned(),
+        }
+    })?;
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(Error::OpenCgroup {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if i64::from(st.f_type) == CGROUP2_SUPER_MAGIC {
+        Ok(())
+    } else {
+        Err(Error::NotCgroup2 {
+            path: path.to_owned(),
+        })
+    }
+}
