@@ -148,8 +148,11 @@ pub mod stat {
     pub const RESPONSES_UNRECOGNISED: u32 = 8;
     /// Connections switched to another protocol (101 Switching Protocols): no longer parsed.
     pub const CONNECTIONS_UPGRADED: u32 = 9;
+    /// Requests that arrived on a listening socket: their segment also completed the handshake
+    /// (its final ACK was lost), so the kernel filtered it before the connection existed.
+    pub const LISTENER_REQUESTS: u32 = 10;
     /// Number of slots.
-    pub const SLOTS: u32 = 10;
+    pub const SLOTS: u32 = 11;
 }
 
 /// Names of the kernel maps and programs, shared so both sides spell them the same.

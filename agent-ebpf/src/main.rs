@@ -9,6 +9,7 @@
 )]
 
 mod accounting;
+mod handshake;
 mod http;
 mod maps;
 mod packet;
@@ -49,7 +50,14 @@ pub fn podmeter_sock_ops(ctx: SockOpsContext) -> u32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, cookie, role::CLIENT),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, cookie, role::SERVER),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            if handshake::adopt(&ctx, cookie) {
+                request_close_callbacks(&ctx);
+                bump(stat::CONNECTIONS_OPENED);
+            } else {
+                established(&ctx, cookie, role::SERVER);
+            }
+        }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => state::on_close(cookie),
         _ => {}
     }
@@ -58,12 +66,17 @@ pub fn podmeter_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn established(ctx: &SockOpsContext, cookie: u64, conn_role: u32) {
-    // Ask for state callbacks so the close of this connection reaches `on_close`.
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    request_close_callbacks(ctx);
     match CONNECTIONS.insert(&cookie, &Connection::new(conn_role), u64::from(BPF_NOEXIST)) {
         Ok(()) => bump(stat::CONNECTIONS_OPENED),
         Err(_) => bump(stat::CONNECTION_TABLE_FULL),
     }
+}
+
+/// Asks for state callbacks so the close of this connection reaches `on_close`.
+#[inline(always)]
+fn request_close_callbacks(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 #[cfg(not(test))]

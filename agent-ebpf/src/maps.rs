@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use podmeter_common::{CountKey, stat};
 
-use crate::state::Connection;
+use crate::{
+    handshake::{Pending, PendingKey},
+    state::Connection,
+};
 
 /// Exact request/response counters per (cgroup, role, peer, counter), per CPU.
 #[map(name = "COUNTS")]
@@ -24,3 +27,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// What the kernel side did and lost, per CPU (indexes in `podmeter_common::stat`).
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::SLOTS, 0);
+
+/// Requests seen on a listening socket, waiting for their connection's `PASSIVE_ESTABLISHED`.
+#[map(name = "PENDING")]
+pub static PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(4_096, 0);

@@ -15,6 +15,7 @@ use podmeter_common::{CountKey, HEAD_LEN, counter, event_kind, peer, role, stat,
 
 use crate::{
     accounting::{bump, count, emit},
+    handshake,
     http::{self, CONTINUE_LEN, PREFIX},
     maps::CONNECTIONS,
     packet::{self, Segment},
@@ -28,7 +29,7 @@ pub mod phase {
 }
 
 /// Bits of [`Connection::flags`].
-mod flag {
+pub mod flag {
     /// `req_seq` holds the sequence number of the last counted request start.
     pub const REQ_SEQ: u32 = 1;
     /// `resp_seq` holds the sequence number of the last response start.
@@ -98,6 +99,20 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
     if cookie == 0 {
         return;
     }
+    if ingress && handshake::on_listener(ctx) {
+        if http::is_request_start(&prefix, seg.payload_len) {
+            let (cgroup_id, conn_peer) = socket_cgroup_and_peer(skb, &seg);
+            if handshake::park(&seg, &prefix, cgroup_id, conn_peer) {
+                count(&CountKey {
+                    cgroup_id,
+                    role: role::SERVER,
+                    peer: conn_peer,
+                    counter: counter::REQUESTS,
+                });
+            }
+        }
+        return;
+    }
     let conn = match CONNECTIONS.get_ptr_mut(&cookie) {
         Some(c) => c,
         None => {
@@ -133,6 +148,20 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
     } else {
         on_response_direction(ctx, &seg, &prefix, conn, cookie, ingress);
     }
+}
+
+/// The socket's cgroup, and whether the packet crossed the loopback device (the peer is in the
+/// same network namespace) or carries a loopback address.
+#[inline(always)]
+fn socket_cgroup_and_peer(skb: *mut __sk_buff, seg: &Segment) -> (u64, u16) {
+    // SAFETY: helper called with, and a field read from, the program's own context.
+    let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
+    let conn_peer = if ifindex == 1 || seg.has_loopback_address() {
+        peer::LOOPBACK
+    } else {
+        peer::REMOTE
+    };
+    (cgroup_id, conn_peer)
 }
 
 #[inline(always)]

@@ -105,6 +105,7 @@ struct KernelReply {
     connection_table_full: u64,
     responses_unrecognised: u64,
     connections_upgraded: u64,
+    listener_requests: u64,
 }
 
 async fn agent(State(shared): State<Shared>) -> Json<AgentReply> {
@@ -126,6 +127,7 @@ async fn agent(State(shared): State<Shared>) -> Json<AgentReply> {
             connection_table_full: k.get(stat::CONNECTION_TABLE_FULL),
             responses_unrecognised: k.get(stat::RESPONSES_UNRECOGNISED),
             connections_upgraded: k.get(stat::CONNECTIONS_UPGRADED),
+            listener_requests: k.get(stat::LISTENER_REQUESTS),
         },
         events_received: h.events_received,
         events_malformed: h.events_malformed,

@@ -1,1 +1,43 @@
-fn main() {}
+//! Project tasks: `cargo xtask test | lint | demo`. `./run <task>` installs what is missing first.
+
+mod demo;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "podmeter's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// rustfmt and clippy (host crates and the eBPF crate), all warnings are errors.
+    Lint,
+    /// Lints, then unit tests and the privileged integration tests (root, one at a time).
+    Test {
+        /// Skip the lints.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The local demo: netns pods with real nginx, hey load, and the agent counting each request once.
+    Demo(demo::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Lint => test::lint(),
+        Task::Test { no_lint, args } => {
+            if !no_lint {
+                test::lint()?;
+            }
+            test::test(&args)
+        }
+        Task::Demo(args) => demo::run(&args),
+    }
+}

@@ -1,0 +1,184 @@
+//! Requests that arrive before their connection exists.
+//!
+//! When the final ACK of a handshake is lost, the client's first data segment completes the
+//! handshake: the kernel runs the cgroup ingress filter on it against the *listening* socket, and
+//! only afterwards creates the connection's socket and calls `PASSIVE_ESTABLISHED`. Such a request
+//! is counted when seen and parked here by its 4-tuple; `PASSIVE_ESTABLISHED` moves it onto the
+//! new connection, which then awaits its response like any other and skips retransmissions of it.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, BPF_ANY, bpf_sock_ops},
+    helpers::generated::{bpf_ktime_get_ns, bpf_sk_fullsock},
+    programs::{SkBuffContext, SockOpsContext},
+};
+use podmeter_common::{HEAD_LEN, event_kind, role, stat};
+
+use crate::{
+    accounting::{bump, emit},
+    http::PREFIX,
+    maps::{CONNECTIONS, PENDING},
+    packet::{AF_INET, AF_INET6, Segment},
+    state::{Connection, flag, phase},
+};
+
+const TCP_LISTEN: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingKey {
+    pub remote: [u8; 16],
+    pub family: u32,
+    pub remote_port: u16,
+    pub local_port: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub req_seq: u32,
+    pub peer: u16,
+    pub _reserved: u16,
+    pub local: [u8; 16],
+    pub prefix: [u8; PREFIX],
+}
+
+/// Is the packet's socket a listener (the connection not created yet)?
+#[inline(always)]
+pub fn on_listener(ctx: &SkBuffContext) -> bool {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: reading the context's socket pointer and, through the helper, its state.
+    unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        !full.is_null() && (*full).state == TCP_LISTEN
+    }
+}
+
+/// Parks a request seen on a listener. Returns false when the same request was parked already
+/// (a retransmission), so the caller does not count it again.
+#[inline(always)]
+pub fn park(seg: &Segment, prefix: &[u8; PREFIX], cgroup_id: u64, peer: u16) -> bool {
+    let key = PendingKey {
+        remote: seg.src,
+        family: seg.family,
+        remote_port: seg.src_port,
+        local_port: seg.dst_port,
+    };
+    // SAFETY: read-only look-up of a plain value.
+    if let Some(old) = unsafe { PENDING.get(&key) }
+        && old.req_seq == seg.seq
+    {
+        bump(stat::RETRANSMISSIONS_SKIPPED);
+        return false;
+    }
+    let pending = Pending {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id,
+        req_seq: seg.seq,
+        peer,
+        _reserved: 0,
+        local: seg.dst,
+        prefix: *prefix,
+    };
+    let _ = PENDING.insert(&key, &pending, u64::from(BPF_ANY));
+    bump(stat::LISTENER_REQUESTS);
+    true
+}
+
+/// At `PASSIVE_ESTABLISHED`: moves a parked request onto the new connection. Returns true if it
+/// created the connection's state.
+#[inline(always)]
+pub fn adopt(ctx: &SockOpsContext, cookie: u64) -> bool {
+    let ops = ctx.as_ptr().cast::<bpf_sock_ops>();
+    // Volatile reads keep each context access a constant offset from the context pointer, which
+    // the verifier requires (LLVM would otherwise merge the v4 and v6 paths into computed
+    // offsets).
+    // SAFETY: reading fields of the program's own context.
+    let field = |f: *const u32| unsafe { core::ptr::read_volatile(f) };
+    // SAFETY: taking field addresses of the program's own context, without reading.
+    let (family, ip4, ip6) = unsafe {
+        (
+            field(&raw const (*ops).family),
+            field(&raw const (*ops).remote_ip4),
+            [
+                field(&raw const (*ops).remote_ip6[0]),
+                field(&raw const (*ops).remote_ip6[1]),
+                field(&raw const (*ops).remote_ip6[2]),
+                field(&raw const (*ops).remote_ip6[3]),
+            ],
+        )
+    };
+    let mut remote = [0u8; 16];
+    if family == AF_INET {
+        remote[..4].copy_from_slice(&ip4.to_ne_bytes());
+    } else if family == AF_INET6 {
+        remote[..4].copy_from_slice(&ip6[0].to_ne_bytes());
+        remote[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+        remote[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+        remote[12..].copy_from_slice(&ip6[3].to_ne_bytes());
+    } else {
+        return false;
+    }
+    // sock_ops gives the remote port in network order in the upper 16 bits, the local one in host
+    // order.
+    let remote_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let key = PendingKey {
+        remote,
+        family,
+        remote_port,
+        local_port: ctx.local_port() as u16,
+    };
+    // SAFETY: read-only look-up of a plain value, copied out before the entry is removed.
+    let Some(p) = (unsafe { PENDING.get(&key) }).copied() else {
+        return false;
+    };
+    let _ = PENDING.remove(&key);
+    let conn = Connection {
+        cgroup_id: p.cgroup_id,
+        role: role::SERVER,
+        phase: phase::AWAITING_RESPONSE,
+        peer: p.peer,
+        _reserved: 0,
+        flags: flag::REQ_SEQ,
+        req_seq: p.req_seq,
+        resp_seq: 0,
+    };
+    if CONNECTIONS
+        .insert(&cookie, &conn, u64::from(BPF_ANY))
+        .is_err()
+    {
+        bump(stat::CONNECTION_TABLE_FULL);
+        return false;
+    }
+    emit(|ev| {
+        // SAFETY: `ev` is a reserved ring buffer entry; every field is written.
+        unsafe {
+            ev.write(core::mem::zeroed());
+            (*ev).ts_ns = p.ts_ns;
+            (*ev).cookie = cookie;
+            (*ev).cgroup_id = p.cgroup_id;
+            (*ev).kind = event_kind::REQUEST;
+            (*ev).role = role::SERVER;
+            (*ev).peer = p.peer;
+            (*ev).family = family;
+            (*ev).local_addr = p.local;
+            (*ev).remote_addr = remote;
+            (*ev).local_port = key.local_port;
+            (*ev).remote_port = remote_port;
+            (*ev).seq = p.req_seq;
+            (*ev).head = [0; HEAD_LEN];
+            let head = &mut *&raw mut (*ev).head;
+            head[..PREFIX].copy_from_slice(&p.prefix);
+            (*ev).head_len = PREFIX as u32;
+        }
+    });
+    const _: () = assert!(PREFIX <= HEAD_LEN);
+    true
+}

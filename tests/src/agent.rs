@@ -1,0 +1,288 @@
+//! The podmeter agent as a real process: started on a test's parent cgroup, read through its HTTP
+//! API, stopped with SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::process::{ChildGuard, die_with_parent, forward_lines};
+
+/// Environment variable with the agent binary to test.
+pub const AGENT_BIN_ENV: &str = "PODMETER_BIN";
+/// The line prefix the agent prints once it is attached and serving.
+pub const LISTENING_PREFIX: &str = "podmeter: listening on ";
+/// How long the agent may take to attach and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `terminate` waits for a clean exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Polling cadence of [`AgentProcess::wait_stable_counts`].
+const STABLE_POLL: Duration = Duration::from_millis(250);
+/// Counts must stay unchanged this long to count as stable.
+const STABLE_FOR: Duration = Duration::from_secs(2);
+/// Upper bound of [`AgentProcess::wait_stable_counts`].
+const STABLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Requests the agent counted for one pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodCounts {
+    /// Requests the pod served.
+    pub inbound: u64,
+    /// Requests the pod made.
+    pub outbound: u64,
+}
+
+/// A running agent; dropping it stops it (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+pub struct AgentProcess {
+    process: ChildGuard,
+    base_url: String,
+    http: ureq::Agent,
+}
+
+impl AgentProcess {
+    /// The binary under test: `$PODMETER_BIN`, else `<workspace>/target/debug/podmeter`.
+    pub fn binary() -> PathBuf {
+        if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
+            return PathBuf::from(path);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        workspace.join("target").join("debug").join("podmeter")
+    }
+
+    /// Starts `podmeter agent --cgroup-root <cgroup_root> --listen 127.0.0.1:0 <extra_args>` and
+    /// returns once it prints that it listens. Panics with instructions when the binary is missing.
+    pub fn start(cgroup_root: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_binary(&Self::binary(), cgroup_root, extra_args)
+    }
+
+    /// Like [`AgentProcess::start`] with an explicit binary (e.g. a stand-in for harness tests).
+    pub fn start_binary(binary: &Path, cgroup_root: &Path, extra_args: &[&str]) -> Result<Self> {
+        assert!(
+            binary.is_file(),
+            "podmeter agent binary not found at {}: build it with `cargo build -p podmeter` or run \
+             `cargo xtask test` (or point {AGENT_BIN_ENV} at a binary)",
+            binary.display()
+        );
+        let mut command = Command::new(binary);
+        command
+            .arg("agent")
+            .arg("--cgroup-root")
+            .arg(cgroup_root)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        let mut process = ChildGuard::from_child(child, "podmeter agent");
+        let stdout = process
+            .child_mut()
+            .stdout
+            .take()
+            .context("agent stdout was not piped")?;
+        let stderr = process
+            .child_mut()
+            .stderr
+            .take()
+            .context("agent stderr was not piped")?;
+        process.attach_thread(forward_lines(stderr, "[podmeter stderr]".to_owned()));
+        // One thread reads stdout for the whole run: it reports the listening line, and forwards
+        // every line (including that one) to the test's output.
+        let (address_tx, address_rx) = mpsc::channel();
+        process.attach_thread(std::thread::spawn(move || {
+            let mut address_tx = Some(address_tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                println!("[podmeter] {line}");
+                if let Some(url) = line.strip_prefix(LISTENING_PREFIX)
+                    && let Some(tx) = address_tx.take()
+                {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        }));
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let base_url = loop {
+            match address_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(url) => break url,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // The reader ended: stdout closed, so the agent is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let ended = match process.wait_timeout(Duration::from_secs(5))? {
+                        Some(status) => format!("it exited: {status}"),
+                        None => "it is still running".to_owned(),
+                    };
+                    bail!(
+                        "the agent closed stdout before printing `{LISTENING_PREFIX}...` ({ended}); \
+                         see the [podmeter stderr] lines above"
+                    );
+                }
+            }
+            if let Some(status) = process.try_wait()? {
+                bail!(
+                    "the agent exited before listening: {status}; see the [podmeter] lines above"
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("the agent did not print `{LISTENING_PREFIX}...` within {START_TIMEOUT:?}");
+            }
+        };
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Self {
+            process,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, as the agent printed it.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// `GET <path>` on the agent's API, parsed as JSON; fails on a non-2xx status.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let text = self.get_text(path)?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("GET {path}: body is not JSON:\n{text}"))
+    }
+
+    /// `GET <path>` on the agent's API as text (e.g. Prometheus metrics); fails on a non-2xx status.
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base_url);
+        let mut response = self
+            .http
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading body of GET {url}"))?;
+        if !status.is_success() {
+            bail!("GET {url}: {status}\n{text}");
+        }
+        Ok(text)
+    }
+
+    /// The counts of pod `<namespace>/<name>` from `GET /v1/pods`; a pod not listed has zeros.
+    pub fn pod_counts(&self, namespace: &str, name: &str) -> Result<PodCounts> {
+        let pods = self.get("/v1/pods")?;
+        pod_counts_in(&pods, namespace, name)
+    }
+
+    /// Polls the pod's counts every 250 ms until they have not changed for 2 s (at most 15 s;
+    /// then the last counts are returned with a warning on the test output).
+    pub fn wait_stable_counts(&self, namespace: &str, name: &str) -> Result<PodCounts> {
+        let started = Instant::now();
+        let mut last = self.pod_counts(namespace, name)?;
+        let mut unchanged_since = Instant::now();
+        loop {
+            if unchanged_since.elapsed() >= STABLE_FOR {
+                return Ok(last);
+            }
+            if started.elapsed() >= STABLE_TIMEOUT {
+                eprintln!(
+                    "podmeter-tests: counts of {namespace}/{name} still changing after {STABLE_TIMEOUT:?}; last {last:?}"
+                );
+                return Ok(last);
+            }
+            std::thread::sleep(STABLE_POLL);
+            let now = self.pod_counts(namespace, name)?;
+            if now != last {
+                last = now;
+                unchanged_since = Instant::now();
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status (SIGKILL after 10 s).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.process.terminate(STOP_GRACE)
+    }
+
+    /// The exit status if the agent has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.process.try_wait()
+    }
+}
+
+/// Finds `<namespace>/<name>` in a `/v1/pods` reply.
+pub fn pod_counts_in(pods: &Value, namespace: &str, name: &str) -> Result<PodCounts> {
+    let list = pods["pods"]
+        .as_array()
+        .with_context(|| format!("/v1/pods has no `pods` array: {pods}"))?;
+    let Some(pod) = list
+        .iter()
+        .find(|pod| pod["namespace"] == namespace && pod["name"] == name)
+    else {
+        return Ok(PodCounts::default());
+    };
+    let requests = |direction: &str| -> Result<u64> {
+        let value = &pod[direction]["requests"];
+        if value.is_null() {
+            return Ok(0);
+        }
+        value
+            .as_u64()
+            .with_context(|| format!("{direction}.requests is not a count in {pod}"))
+    };
+    Ok(PodCounts {
+        inbound: requests("inbound")?,
+        outbound: requests("outbound")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_counts_are_read_and_missing_pods_are_zero() {
+        let pods = serde_json::json!({"pods": [
+            {"namespace": "default", "name": "pod-b", "inbound": {"requests": 1000, "bytes": 5}, "outbound": {"requests": 0}},
+            {"namespace": "other", "name": "pod-b", "inbound": {"requests": 7}, "outbound": {"requests": 3}},
+        ]});
+        assert_eq!(
+            pod_counts_in(&pods, "default", "pod-b").expect("found"),
+            PodCounts {
+                inbound: 1000,
+                outbound: 0
+            }
+        );
+        assert_eq!(
+            pod_counts_in(&pods, "other", "pod-b").expect("found"),
+            PodCounts {
+                inbound: 7,
+                outbound: 3
+            }
+        );
+        assert_eq!(
+            pod_counts_in(&pods, "default", "pod-a").expect("absent"),
+            PodCounts::default()
+        );
+    }
+}

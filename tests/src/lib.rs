@@ -1,0 +1,52 @@
+//! Privileged integration-test harness for podmeter.
+//!
+//! Tests build "pods" on one machine (a network namespace with a veth on a shared bridge, plus a
+//! cgroup v2 directory laid out as `<parent>/<namespace>/<pod>`), run real servers and clients in
+//! them (nginx, hey, curl) and start the podmeter agent as a real process on the parent cgroup.
+//! Every resource is owned by a guard whose `Drop` removes it, also when a test panics; children
+//! get SIGTERM if the test process itself is killed, and the next cluster removes what a killed
+//! run left behind.
+//!
+//! Environment:
+//! - `PODMETER_BIN`: agent binary (default `<workspace>/target/debug/podmeter`).
+//! - `PODMETER_TESTS_CGROUP2`: cgroup2 mount (default `/sys/fs/cgroup/unified`).
+//! - `PODMETER_TESTS_IGNORE_FIREWALL=1`: start even if the root firewall drops by policy.
+//!
+//! ```no_run
+//! use podmeter_tests::{serial, AgentProcess, Cluster, Hey, Nginx};
+//!
+//! let _serial = serial();
+//! let cluster = Cluster::new().expect("cluster");
+//! let pod_a = cluster.pod("default", "pod-a").expect("pod a");
+//! let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+//! let nginx = Nginx::start(&pod_b).expect("nginx in pod b");
+//! let agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+//! let report = Hey::new(nginx.url("/")).requests(1000).concurrency(4).run_from(&pod_a).expect("hey");
+//! assert_eq!(report.status(200), 1000);
+//! let counts = agent.wait_stable_counts("default", "pod-b").expect("counts");
+//! assert_eq!(counts.inbound, 1000);
+//! ```
+
+pub mod agent;
+pub mod cgroup;
+pub mod clients;
+pub mod hostnet;
+pub mod lock;
+pub mod loss;
+mod names;
+pub mod netns;
+pub mod nginx;
+pub mod process;
+mod stale;
+pub mod tempdir;
+mod wait;
+
+pub use agent::{AgentProcess, PodCounts};
+pub use cgroup::CgroupGuard;
+pub use clients::{ClientReport, Curl, Hey};
+pub use hostnet::HostNetworkReport;
+pub use lock::{SerialGuard, serial};
+pub use netns::{Cluster, Network, Pod};
+pub use nginx::Nginx;
+pub use process::{ChildGuard, CommandOutput, run, run_ok, run_with_input};
+pub use tempdir::TempDir;

@@ -1,0 +1,125 @@
+//! Removal of what killed test runs left behind (a SIGKILLed test never runs its destructors).
+//!
+//! Only names made by [`crate::names`] whose owning PID no longer exists are touched; resources of
+//! live runs and everything else on the machine are left alone. Processes are never killed here:
+//! a leftover cgroup that still has processes is reported and kept.
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use crate::{cgroup, names, netns, process::run};
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Best effort: every failure is printed and skipped, so that a test still gets its chance to run.
+pub(crate) fn remove_leftovers_of_dead_runs() {
+    remove_stale_netns();
+    remove_stale_links();
+    remove_stale_cgroups();
+    remove_stale_temp_dirs();
+}
+
+fn remove_stale_netns() {
+    let Ok(entries) = fs::read_dir(netns::NETNS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = names::decimal_owner(names::NETNS_PREFIX, &name) else {
+            continue;
+        };
+        if pid_alive(owner) {
+            continue;
+        }
+        eprintln!("podmeter-tests: removing netns {name} left by dead test process {owner}");
+        let mut command = Command::new("ip");
+        command.args(["netns", "delete", &name]);
+        if let Err(error) =
+            run(command, Duration::from_secs(10)).and_then(|output| output.check("ip netns delete"))
+        {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+    }
+}
+
+fn remove_stale_links() {
+    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = names::interface_owner(names::BRIDGE_PREFIX, &name)
+            .or_else(|| names::interface_owner(names::VETH_PREFIX, &name));
+        let Some(owner) = owner else { continue };
+        if pid_alive(owner) {
+            continue;
+        }
+        eprintln!("podmeter-tests: removing link {name} left by dead test process {owner}");
+        if let Err(error) = netns::delete_link(&name) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+    }
+}
+
+fn remove_stale_cgroups() {
+    let Ok(mount) = cgroup::cgroup2_mount() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(&mount) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = names::decimal_owner(names::CGROUP_PREFIX, &name) else {
+            continue;
+        };
+        if pid_alive(owner) {
+            continue;
+        }
+        let path = entry.path();
+        let holds_processes = cgroup_has_processes(&path);
+        if holds_processes {
+            eprintln!(
+                "podmeter-tests: keeping {} left by dead test process {owner}: it still has processes",
+                path.display()
+            );
+            continue;
+        }
+        eprintln!(
+            "podmeter-tests: removing cgroup {} left by dead test process {owner}",
+            path.display()
+        );
+        if let Err(error) = cgroup::remove_subtree(&path) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+    }
+}
+
+fn cgroup_has_processes(dir: &Path) -> bool {
+    // cgroup.events says `populated 1` when any process is in the subtree.
+    fs::read_to_string(dir.join("cgroup.events"))
+        .map(|events| events.lines().any(|line| line == "populated 1"))
+        .unwrap_or(true)
+}
+
+fn remove_stale_temp_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = names::temp_dir_owner(&name) else {
+            continue;
+        };
+        if pid_alive(owner) || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        if let Err(error) = fs::remove_dir_all(entry.path()) {
+            eprintln!(
+                "podmeter-tests: removing {}: {error}",
+                entry.path().display()
+            );
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Exact counts for the kinds of HTTP/1.x traffic a pod serves and makes: each request once for
+//! its server (inbound) and once for its client (outbound), whatever the framing, and under loss.
+
+use std::time::Duration;
+
+use podmeter_tests::{AgentProcess, Cluster, Curl, Hey, Nginx, PodCounts, serial};
+use serde_json::Value;
+
+/// The `/v1/pods` entry of one pod (panics with the whole reply when missing).
+fn pod_entry(agent: &AgentProcess, namespace: &str, name: &str) -> Value {
+    let pods = agent.get("/v1/pods").expect("GET /v1/pods");
+    pods["pods"]
+        .as_array()
+        .and_then(|list| {
+            list.iter()
+                .find(|p| p["namespace"] == namespace && p["name"] == name)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{namespace}/{name} not in {pods}"))
+}
+
+#[test]
+fn keepalive_requests_between_two_pods_count_once_for_each_side() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_a = cluster.pod("default", "pod-a").expect("pod a");
+    let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+    let nginx = Nginx::start(&pod_b).expect("nginx in pod b");
+    let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+
+    let report = Hey::new(nginx.url("/"))
+        .requests(1000)
+        .concurrency(4)
+        .run_from(&pod_a)
+        .expect("hey");
+    assert_eq!(
+        (report.status(200), report.failed()),
+        (1000, 0),
+        "{report:?}"
+    );
+
+    let b = agent
+        .wait_stable_counts("default", "pod-b")
+        .expect("pod b counts");
+    let a = agent
+        .wait_stable_counts("default", "pod-a")
+        .expect("pod a counts");
+    assert_eq!(
+        b,
+        PodCounts {
+            inbound: 1000,
+            outbound: 0
+        }
+    );
+    assert_eq!(
+        a,
+        PodCounts {
+            inbound: 0,
+            outbound: 1000
+        }
+    );
+
+    let entry = pod_entry(&agent, "default", "pod-b");
+    assert_eq!(entry["inbound"]["responses"]["2xx"], 1000, "{entry}");
+    // hey keeps 4 connections open: the events paired every request with its response.
+    assert_eq!(entry["observed"]["inbound"]["exchanges"], 1000, "{entry}");
+    assert_eq!(
+        entry["observed"]["inbound"]["by_method"]["GET"], 1000,
+        "{entry}"
+    );
+    assert_eq!(
+        entry["observed"]["inbound"]["latency_count"], 1000,
+        "{entry}"
+    );
+    assert!(agent.terminate().expect("stop agent").success());
+}
+
+#[test]
+fn close_http10_bodies_chunked_and_100_continue_each_count_once() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_a = cluster.pod("default", "pod-a").expect("pod a");
+    let pod_c = cluster.pod("default", "pod-c").expect("pod c");
+    let nginx = Nginx::start(&pod_c).expect("nginx in pod c");
+    let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+
+    // Bodies that begin with, and contain, a request line: they must never count.
+    let small_body = b"GET / HTTP/1.1\r\nHost: inside-a-body\r\n\r\n".to_vec();
+    let mut large_body = Vec::new();
+    while large_body.len() < 256 * 1024 {
+        large_body.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+    }
+    let runs = [
+        (
+            "Connection: close",
+            Curl::new(nginx.url("/")).count(20).connection_close(),
+        ),
+        ("HTTP/1.0", Curl::new(nginx.url("/")).count(20).http10()),
+        (
+            "POST small request-like body",
+            Curl::new(nginx.url("/echo"))
+                .count(20)
+                .data_binary(small_body),
+        ),
+        (
+            "POST 256 KiB request-like body",
+            Curl::new(nginx.url("/echo"))
+                .count(10)
+                .data_binary(large_body.clone()),
+        ),
+        (
+            "chunked gzip responses",
+            Curl::new(nginx.url("/chunked")).count(20).compressed(),
+        ),
+        (
+            "Expect: 100-continue",
+            Curl::new(nginx.url("/echo"))
+                .count(10)
+                .expect_continue()
+                .data_binary(large_body),
+        ),
+    ];
+    let mut sent = 0;
+    for (what, curl) in runs {
+        let report = curl
+            .deadline(Duration::from_secs(60))
+            .run_from(&pod_a)
+            .expect(what);
+        assert_eq!(
+            (report.status(200), report.failed()),
+            (report.completed(), 0),
+            "{what}: {report:?}"
+        );
+        sent += report.completed();
+    }
+    assert_eq!(sent, 100);
+
+    assert_eq!(
+        agent.wait_stable_counts("default", "pod-c").expect("c"),
+        PodCounts {
+            inbound: 100,
+            outbound: 0
+        }
+    );
+    assert_eq!(
+        agent.wait_stable_counts("default", "pod-a").expect("a"),
+        PodCounts {
+            inbound: 0,
+            outbound: 100
+        }
+    );
+    let c = pod_entry(&agent, "default", "pod-c");
+    // 100 Continue is interim: the exchanges end with their 200, none with the 100.
+    assert_eq!(c["inbound"]["responses"]["2xx"], 100, "{c}");
+    assert_eq!(c["inbound"]["responses"]["1xx"], 0, "{c}");
+    assert_eq!(c["observed"]["inbound"]["by_method"]["POST"], 40, "{c}");
+    let a = pod_entry(&agent, "default", "pod-a");
+    assert_eq!(a["outbound"]["responses"]["2xx"], 100, "{a}");
+    let stats = agent.get("/v1/agent").expect("agent stats");
+    assert!(
+        stats["kernel"]["body_matches_skipped"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "bodies were looked at: {stats}"
+    );
+    assert!(agent.terminate().expect("stop agent").success());
+}
+
+#[test]
+fn a_client_outside_the_pods_counts_for_the_server_only() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+    let nginx = Nginx::start(&pod_b).expect("nginx in pod b");
+    let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+
+    let report = Hey::new(nginx.url("/"))
+        .requests(300)
+        .concurrency(3)
+        .run_from_root()
+        .expect("hey from root");
+    assert_eq!(report.status(200), 300, "{report:?}");
+    let curl = Curl::new(nginx.url("/"))
+        .count(7)
+        .run_from_root()
+        .expect("curl from root");
+    assert_eq!(curl.status(200), 7, "{curl:?}");
+
+    assert_eq!(
+        agent.wait_stable_counts("default", "pod-b").expect("b"),
+        PodCounts {
+            inbound: 307,
+            outbound: 0
+        }
+    );
+    let pods = agent.get("/v1/pods").expect("pods");
+    assert_eq!(
+        pods["pods"].as_array().map(Vec::len),
+        Some(1),
+        "only pod-b saw traffic: {pods}"
+    );
+    assert_eq!(pods["unattributed"]["outbound"]["requests"], 0, "{pods}");
+    assert!(agent.terminate().expect("stop agent").success());
+}
+
+#[test]
+fn five_percent_packet_loss_keeps_counts_exact() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_a = cluster.pod("default", "pod-a").expect("pod a");
+    let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+    let nginx = Nginx::start(&pod_b).expect("nginx in pod b");
+    let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+    // Loss on both sides: the sender's egress sees every retransmission again.
+    pod_a.set_ingress_loss(5).expect("loss on a");
+    pod_b.set_ingress_loss(5).expect("loss on b");
+
+    let keepalive = Hey::new(nginx.url("/"))
+        .requests(1500)
+        .concurrency(6)
+        .request_timeout_secs(30)
+        .deadline(Duration::from_secs(120))
+        .run_from(&pod_a)
+        .expect("hey keep-alive");
+    let fresh = Hey::new(nginx.url("/chunked"))
+        .requests(300)
+        .concurrency(6)
+        .disable_keepalive()
+        .request_timeout_secs(30)
+        .deadline(Duration::from_secs(120))
+        .run_from(&pod_a)
+        .expect("hey new connections");
+    let served = keepalive.status(200) + fresh.status(200);
+    assert_eq!(
+        keepalive.failed() + fresh.failed(),
+        0,
+        "{keepalive:?} {fresh:?}"
+    );
+    assert_eq!(served, 1800);
+
+    assert_eq!(
+        agent.wait_stable_counts("default", "pod-b").expect("b"),
+        PodCounts {
+            inbound: served,
+            outbound: 0
+        }
+    );
+    assert_eq!(
+        agent.wait_stable_counts("default", "pod-a").expect("a"),
+        PodCounts {
+            inbound: 0,
+            outbound: served
+        }
+    );
+    let b = pod_entry(&agent, "default", "pod-b");
+    assert_eq!(
+        b["inbound"]["responses"]["2xx"], served,
+        "every exchange ended with its 200: {b}"
+    );
+    let stats = agent.get("/v1/agent").expect("agent stats");
+    eprintln!("agent statistics after the lossy run: {stats}");
+    assert!(
+        stats["kernel"]["retransmissions_skipped"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "with 5% loss some request starts were retransmitted and skipped: {stats}"
+    );
+    pod_a.clear_ingress_loss().expect("clear loss a");
+    pod_b.clear_ingress_loss().expect("clear loss b");
+    assert!(agent.terminate().expect("stop agent").success());
+}
