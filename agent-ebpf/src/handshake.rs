@@ -173,9 +173,11 @@ pub fn adopt(ctx: &SockOpsContext, cookie: u64) -> bool {
             (*ev).local_port = key.local_port;
             (*ev).remote_port = remote_port;
             (*ev).seq = p.req_seq;
-            (*ev).head = [0; HEAD_LEN];
-            let head = &mut *&raw mut (*ev).head;
-            head[..PREFIX].copy_from_slice(&p.prefix);
+            core::ptr::copy_nonoverlapping(
+                p.prefix.as_ptr(),
+                (&raw mut (*ev).head).cast::<u8>(),
+                PREFIX,
+            );
             (*ev).head_len = PREFIX as u32;
         }
     });

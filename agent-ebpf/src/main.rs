@@ -33,19 +33,19 @@ use crate::{accounting::bump, maps::CONNECTIONS, state::Connection};
 const PASS: i32 = 1;
 
 #[cgroup_skb(ingress)]
-pub fn podmeter_ingress(ctx: SkBuffContext) -> i32 {
+fn podmeter_ingress(ctx: SkBuffContext) -> i32 {
     state::on_packet(&ctx, true);
     PASS
 }
 
 #[cgroup_skb(egress)]
-pub fn podmeter_egress(ctx: SkBuffContext) -> i32 {
+fn podmeter_egress(ctx: SkBuffContext) -> i32 {
     state::on_packet(&ctx, false);
     PASS
 }
 
 #[sock_ops]
-pub fn podmeter_sock_ops(ctx: SockOpsContext) -> u32 {
+fn podmeter_sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: helper called with the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     match ctx.op() {

@@ -79,7 +79,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         }
         _ => return None,
     };
-    if l4 < 20 || l4 > 60 {
+    if !(20..=60).contains(&l4) {
         return None;
     }
     let tcp: [u8; 14] = ctx.load(l4 as usize).ok()?;

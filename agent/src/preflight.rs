@@ -66,7 +66,7 @@ pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
             source: std::io::Error::last_os_error(),
         });
     }
-    if i64::from(st.f_type) == CGROUP2_SUPER_MAGIC {
+    if st.f_type == CGROUP2_SUPER_MAGIC {
         Ok(())
     } else {
         Err(Error::NotCgroup2 {

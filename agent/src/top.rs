@@ -28,6 +28,9 @@ struct Flow {
     responses: HashMap<String, u64>,
 }
 
+/// Inbound and outbound request counts per (namespace, pod) at one refresh.
+type Snapshot = HashMap<(String, String), (u64, u64)>;
+
 /// Fetches `/v1/pods` from the agent at `base` (e.g. `http://127.0.0.1:9464`).
 fn fetch(agent: &ureq::Agent, base: &str) -> anyhow::Result<Vec<Pod>> {
     let reply: PodsReply = agent
@@ -44,7 +47,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let mut previous: Option<(Instant, HashMap<(String, String), (u64, u64)>)> = None;
+    let mut previous: Option<(Instant, Snapshot)> = None;
     let mut n = 0u64;
     loop {
         let pods = fetch(&agent, base)?;
