@@ -5,7 +5,8 @@
 //! counters; [`events`] decodes the per-request ring buffer records and [`flows`] pairs requests
 //! with responses; [`cgroups`] and [`pods`] say which pod a cgroup or address is; [`dedup`] holds
 //! the rule that makes each request count once; [`traffic`] keeps per-pod totals; [`api`] serves
-//! them; [`agent`] runs it all.
+//! them; [`agent`] runs it all. [`hpa`] models the HorizontalPodAutoscaler's replica decisions for
+//! the metrics podmeter serves.
 
 pub mod agent;
 pub mod api;
@@ -16,6 +17,7 @@ pub mod ebpf;
 pub mod error;
 pub mod events;
 pub mod flows;
+pub mod hpa;
 pub mod pods;
 pub mod preflight;
 pub mod top;
