@@ -194,6 +194,20 @@ impl AgentProcess {
         pod_counts_in(&pods, namespace, name)
     }
 
+    /// The whole `/v1/pods` entry of pod `<namespace>/<name>` (an error naming the reply when the
+    /// pod is not listed).
+    pub fn pod_entry(&self, namespace: &str, name: &str) -> Result<Value> {
+        let pods = self.get("/v1/pods")?;
+        pods["pods"]
+            .as_array()
+            .and_then(|list| {
+                list.iter()
+                    .find(|p| p["namespace"] == namespace && p["name"] == name)
+            })
+            .cloned()
+            .with_context(|| format!("{namespace}/{name} not in {pods}"))
+    }
+
     /// Polls the pod's counts every 250 ms until they have not changed for 2 s (at most 15 s;
     /// then the last counts are returned with a warning on the test output).
     pub fn wait_stable_counts(&self, namespace: &str, name: &str) -> Result<PodCounts> {

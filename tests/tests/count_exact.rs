@@ -4,20 +4,6 @@
 use std::time::Duration;
 
 use podmeter_tests::{AgentProcess, Cluster, Curl, Hey, Nginx, PodCounts, serial};
-use serde_json::Value;
-
-/// The `/v1/pods` entry of one pod (panics with the whole reply when missing).
-fn pod_entry(agent: &AgentProcess, namespace: &str, name: &str) -> Value {
-    let pods = agent.get("/v1/pods").expect("GET /v1/pods");
-    pods["pods"]
-        .as_array()
-        .and_then(|list| {
-            list.iter()
-                .find(|p| p["namespace"] == namespace && p["name"] == name)
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("{namespace}/{name} not in {pods}"))
-}
 
 #[test]
 fn keepalive_requests_between_two_pods_count_once_for_each_side() {
@@ -60,7 +46,7 @@ fn keepalive_requests_between_two_pods_count_once_for_each_side() {
         }
     );
 
-    let entry = pod_entry(&agent, "default", "pod-b");
+    let entry = agent.pod_entry("default", "pod-b").expect("pod entry");
     assert_eq!(entry["inbound"]["responses"]["2xx"], 1000, "{entry}");
     // hey keeps 4 connections open: the events paired every request with its response.
     assert_eq!(entry["observed"]["inbound"]["exchanges"], 1000, "{entry}");
@@ -149,12 +135,12 @@ fn close_http10_bodies_chunked_and_100_continue_each_count_once() {
             outbound: 100
         }
     );
-    let c = pod_entry(&agent, "default", "pod-c");
+    let c = agent.pod_entry("default", "pod-c").expect("pod entry");
     // 100 Continue is interim: the exchanges end with their 200, none with the 100.
     assert_eq!(c["inbound"]["responses"]["2xx"], 100, "{c}");
     assert_eq!(c["inbound"]["responses"]["1xx"], 0, "{c}");
     assert_eq!(c["observed"]["inbound"]["by_method"]["POST"], 40, "{c}");
-    let a = pod_entry(&agent, "default", "pod-a");
+    let a = agent.pod_entry("default", "pod-a").expect("pod entry");
     assert_eq!(a["outbound"]["responses"]["2xx"], 100, "{a}");
     let stats = agent.get("/v1/agent").expect("agent stats");
     assert!(
@@ -253,7 +239,7 @@ fn five_percent_packet_loss_keeps_counts_exact() {
             outbound: served
         }
     );
-    let b = pod_entry(&agent, "default", "pod-b");
+    let b = agent.pod_entry("default", "pod-b").expect("pod entry");
     assert_eq!(
         b["inbound"]["responses"]["2xx"], served,
         "every exchange ended with its 200: {b}"

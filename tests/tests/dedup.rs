@@ -8,19 +8,6 @@ use std::{
 };
 
 use podmeter_tests::{AgentProcess, ChildGuard, Cluster, Hey, Nginx, PodCounts, serial};
-use serde_json::Value;
-
-fn pod_entry(agent: &AgentProcess, namespace: &str, name: &str) -> Value {
-    let pods = agent.get("/v1/pods").expect("GET /v1/pods");
-    pods["pods"]
-        .as_array()
-        .and_then(|list| {
-            list.iter()
-                .find(|p| p["namespace"] == namespace && p["name"] == name)
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("{namespace}/{name} not in {pods}"))
-}
 
 #[test]
 fn a_sidecar_handing_requests_to_its_app_over_loopback_counts_once() {
@@ -58,7 +45,7 @@ fn a_sidecar_handing_requests_to_its_app_over_loopback_counts_once() {
         }
     );
     // The loopback hop was seen on both of its sockets, and kept apart.
-    let b = pod_entry(&agent, "default", "pod-b");
+    let b = agent.pod_entry("default", "pod-b").expect("pod entry");
     assert_eq!(b["loopback_inbound"]["requests"], 400, "{b}");
     assert_eq!(b["loopback_outbound"]["requests"], 400, "{b}");
     assert_eq!(b["inbound"]["responses"]["2xx"], 400, "{b}");
