@@ -4,38 +4,57 @@ use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
+    os::fd::AsFd,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
-use podmeter_common::CountKey;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use podmeter_common::{CountKey, names, stat};
+use prometheus_client::registry::Registry;
 
 type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
+pub use crate::node::{Health, NodeState, Shared};
 use crate::{
     Error,
     cgroups::CgroupIndex,
-    counters::{self, Deltas, KernelStats},
+    connection_table,
+    counters::{self, Deltas},
     dedup,
     ebpf::{MapSizes, Probes},
     events,
     flows::Flows,
+    metrics::{
+        Metrics,
+        health::{self, AgentInfo},
+    },
     pods::{Identity, PodId},
     preflight,
+    rates::{RateWindow, Rates},
+    ring_fill::RingFill,
+    routes::{self, Routes},
     traffic::Traffic,
 };
+
+/// What the `podmeter_attach_info` metric and `/v1/agent` say about how the programs attach.
+const ATTACH_PROGRAMS: &str = "cgroup_skb/ingress,cgroup_skb/egress,sock_ops";
+const ATTACH_LINK: &str = "bpf_link";
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// cgroup v2 directory to attach to; `None` for the whole cgroup2 mount.
     pub cgroup_root: Option<PathBuf>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API (JSON and `/metrics`).
     pub listen: SocketAddr,
+    /// An extra address serving only `/metrics` and `/healthz`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Optional identity file (see [`crate::pods`]).
     pub identity_file: Option<PathBuf>,
     /// How often the kernel counters are read.
@@ -43,6 +62,12 @@ pub struct Config {
     /// How long a pod whose cgroups are gone keeps its series.
     pub pod_grace: Duration,
     pub map_sizes: MapSizes,
+    /// Length of the sliding window behind the per-pod rates.
+    pub rate_window: RateWindow,
+    /// Whether paired exchanges carry a normalised `route` label.
+    pub route_labels: bool,
+    /// Distinct routes per pod and direction before the rest go to `other`.
+    pub max_routes_per_pod: usize,
 }
 
 impl Default for Config {
@@ -51,48 +76,21 @@ impl Default for Config {
             cgroup_root: None,
             // Port 9464 is registered for Prometheus exporters of this kind; loopback by default.
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            // /metrics is served on `listen` too; a second address is only for splitting them.
+            metrics_listen: None,
             identity_file: None,
             // Four reads a second: a served request shows within 250 ms.
             poll_interval: Duration::from_millis(250),
             // Long enough for a final scrape after a pod is deleted.
             pod_grace: Duration::from_secs(60),
             map_sizes: MapSizes::default(),
+            // Smooth enough for autoscaling, quick enough to follow a load change in half a minute.
+            rate_window: RateWindow::DEFAULT,
+            // Paths can carry unbounded ids; routes are opt-in.
+            route_labels: false,
+            // 50 routes x 21 histogram series stays near a thousand series per pod and side.
+            max_routes_per_pod: usize::from(routes::DEFAULT_CAP),
         }
-    }
-}
-
-/// The agent's own health, from the kernel statistics and the userspace pipeline.
-#[derive(Clone, Debug, Default)]
-pub struct Health {
-    pub kernel: KernelStats,
-    pub events_received: u64,
-    pub events_malformed: u64,
-    pub request_lines_invalid: u64,
-    pub unpaired_requests: u64,
-    pub orphan_responses: u64,
-    pub open_requests: u64,
-    pub counter_entries: u64,
-    pub counter_entries_removed: u64,
-}
-
-/// Everything the API reads.
-pub struct NodeState {
-    pub traffic: Traffic,
-    pub health: Health,
-    pub started: Instant,
-    pub cgroup_root: PathBuf,
-}
-
-/// Shared, briefly locked state.
-#[derive(Clone)]
-pub struct Shared(Arc<Mutex<NodeState>>);
-
-impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, NodeState> {
-        // A panic while holding the lock leaves consistent-enough counters; keep serving them.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -121,7 +119,7 @@ impl Resolver {
 }
 
 /// Runs the agent until `shutdown` completes. `on_listening` is told the bound API address once
-/// the programs are attached and the API serves.
+/// the programs are attached and the API serves (after any `--metrics-listen` address is bound).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -144,25 +142,71 @@ pub async fn run(
         stats,
         events,
     } = Probes::attach(&root, &config.map_sizes)?;
+    // The kernel counters start from zero now: this is the origin of the rate windows.
+    let attached = Instant::now();
     info!(cgroup = %root.display(), "attached cgroup_skb ingress/egress and sock_ops");
 
-    let shared = Shared(Arc::new(Mutex::new(NodeState {
-        traffic: Traffic::default(),
-        health: Health::default(),
-        started: Instant::now(),
-        cgroup_root: root.clone(),
-    })));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen.to_string(),
-            source,
-        })?;
+    let fill = match RingFill::new(events.as_fd(), config.map_sizes.ring_bytes) {
+        Ok(fill) => Some(fill),
+        Err(e) => {
+            warn!(error = %e, "cannot map the ring buffer positions; its fill is not exported");
+            None
+        }
+    };
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(
+        &mut registry,
+        &AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            programs: ATTACH_PROGRAMS.to_owned(),
+            link: ATTACH_LINK.to_owned(),
+            cgroup_root: root.display().to_string(),
+            rate_window_secs: config.rate_window.secs(),
+            ring_capacity_bytes: u64::from(config.map_sizes.ring_bytes),
+            ring_positions: fill.is_some(),
+        },
+    );
+    let shared = Shared::new(
+        NodeState {
+            traffic: Traffic::default(),
+            rates: Rates::new(config.rate_window, attached),
+            routes: config
+                .route_labels
+                .then(|| Routes::new(config.max_routes_per_pod)),
+            metrics,
+            health: Health {
+                ring_capacity_bytes: u64::from(config.map_sizes.ring_bytes),
+                ..Health::default()
+            },
+            started: attached,
+            cgroup_root: root.clone(),
+        },
+        registry,
+    );
+    count_connections(&programs, &config.map_sizes, &shared);
+
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = Vec::new();
+    if let Some(metrics_addr) = config.metrics_listen {
+        let listener = bind(metrics_addr).await?;
+        let addr = listener.local_addr()?;
+        servers.push(tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::metrics_router(shared.clone()),
+            stopped(api_stopped.clone()),
+        )));
+        info!(%addr, "serving /metrics");
+    }
+    let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::api::serve(listener, shared.clone(), async {
-        let _ = api_stopped.await;
-    }));
+    servers.push(tokio::spawn(crate::api::serve(
+        listener,
+        crate::api::router(shared.clone()),
+        stopped(api_stopped.clone()),
+    )));
     on_listening(addr);
 
     let mut resolver = Resolver {
@@ -195,28 +239,45 @@ pub async fn run(
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain_events(guard.get_inner_mut(), &mut flows, &mut resolver, &shared);
+                let used = fill.as_ref().map(RingFill::used_bytes);
+                drain_events(guard.get_inner_mut(), used, &mut flows, &mut resolver, &shared);
                 guard.clear_ready();
             }
-            _ = drain.tick() => drain_events(ring.get_mut(), &mut flows, &mut resolver, &shared),
+            _ = drain.tick() => {
+                let used = fill.as_ref().map(RingFill::used_bytes);
+                drain_events(ring.get_mut(), used, &mut flows, &mut resolver, &shared);
+            }
             _ = sweep.tick() => {
                 // Book what is left before forgetting anything.
                 if let Err(e) = book_counts(&counts, &stats, &mut deltas, &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
                 sweep_dead_cgroups(&mut counts, &mut deltas, &mut resolver, &shared, config.pod_grace);
+                count_connections(&programs, &config.map_sizes, &shared);
             }
         }
     }
 
     // Final read so the last requests are booked, then detach by dropping the programs.
     let _ = book_counts(&counts, &stats, &mut deltas, &mut resolver, &shared);
+    drop(fill);
     drop(ring);
     drop(programs);
     info!("detached");
-    let _ = stop_api.send(());
-    let _ = api.await;
+    let _ = stop_api.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn book_counts(
@@ -228,6 +289,9 @@ fn book_counts(
 ) -> Result<(), Error> {
     let current = counters::read_counts(counts)?;
     let kernel = counters::read_stats(stats)?;
+    // The rates spread what changed over the time since the previous read: take the time of
+    // this read right after reading.
+    let now = Instant::now();
     let changed = deltas.update(&current);
     let booked: Vec<_> = changed
         .into_iter()
@@ -240,16 +304,16 @@ fn book_counts(
         })
         .collect();
     let mut state = shared.lock();
-    for (pod, flow, delta) in &booked {
-        state.traffic.add_counts(pod.as_ref(), *flow, delta);
-    }
+    state.book_counts(now, &booked);
     state.health.kernel = kernel;
     state.health.counter_entries = current.len() as u64;
     Ok(())
 }
 
+/// Drains the ring buffer; `used` is how many bytes it held just before.
 fn drain_events(
     ring: &mut RingBuf<MapData>,
+    used: Option<u64>,
     flows: &mut Flows,
     resolver: &mut Resolver,
     shared: &Shared,
@@ -273,17 +337,20 @@ fn drain_events(
             exchanges.push(x);
         }
     }
-    if received == 0 {
-        return;
-    }
     let booked: Vec<_> = exchanges
         .into_iter()
         .filter_map(|x| Some((resolver.pod(x.cgroup_id), dedup::flow(x.role, x.peer)?, x)))
         .collect();
     let mut state = shared.lock();
-    for (pod, flow, x) in &booked {
-        state.traffic.add_exchange(pod.as_ref(), *flow, x);
+    if let Some(used) = used {
+        state.health.ring_used_bytes = used;
+        let ratio = RingFill::ratio(used, state.health.ring_capacity_bytes);
+        state.metrics.health.ring_buffer_fill.observe(ratio);
     }
+    if received == 0 {
+        return;
+    }
+    state.book_exchanges(&booked);
     let h = &mut state.health;
     h.events_received += received;
     h.events_malformed += malformed;
@@ -291,6 +358,29 @@ fn drain_events(
     h.unpaired_requests = flows.unpaired;
     h.orphan_responses = flows.orphan_responses;
     h.open_requests = flows.open() as u64;
+}
+
+/// Counts the kernel's connection table and derives how many connections it evicted.
+fn count_connections(programs: &Ebpf, sizes: &MapSizes, shared: &Shared) {
+    let Some(aya::maps::Map::LruHashMap(table)) = programs.map(names::CONNECTIONS) else {
+        return;
+    };
+    let tracked = match connection_table::count_keys(table.fd().as_fd(), sizes.connections) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "counting the connection table failed");
+            return;
+        }
+    };
+    let mut state = shared.lock();
+    let h = &mut state.health;
+    h.connections_tracked = tracked;
+    h.connections_evicted = health::evicted(
+        h.connections_evicted,
+        h.kernel.get(stat::CONNECTIONS_OPENED),
+        h.kernel.get(stat::CONNECTIONS_CLOSED),
+        tracked,
+    );
 }
 
 /// Deletes the kernel counters of cgroups that no longer exist (their counts are booked already)
@@ -321,10 +411,7 @@ fn sweep_dead_cgroups(
     resolver.cache.retain(|id, _| !dead.contains(id));
     let mut state = shared.lock();
     state.health.counter_entries_removed += removed;
-    for pod in state
-        .traffic
-        .sweep(|p| live_pods.contains(p), Instant::now(), grace)
-    {
+    for pod in state.sweep(|p| live_pods.contains(p), Instant::now(), grace) {
         info!(%pod, "pod gone; its series are removed");
     }
 }

@@ -1,48 +1,100 @@
-//! The agent's HTTP API: per-pod totals as JSON (`/v1/pods`), its own health (`/v1/agent`) and a
-//! liveness probe (`/healthz`).
+//! The agent's HTTP API: per-pod totals and rates as JSON (`/v1/pods`), its own health
+//! (`/v1/agent`), Prometheus metrics (`/metrics`) and a liveness probe (`/healthz`).
 
 use std::future::Future;
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use podmeter_common::stat;
 use serde::Serialize;
 
 use crate::{
     agent::Shared,
+    dedup::Flow,
+    metrics::exposition::{self, Format},
+    pods::PodId,
+    rates::Rates,
     traffic::{FlowTotals, Observed, PodTraffic},
 };
 
-/// Serves until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    shared: Shared,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// Every route: JSON, `/metrics` and `/healthz`.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/pods", get(pods))
         .route("/v1/agent", get(agent))
-        .with_state(shared);
+        .with_state(shared)
+}
+
+/// Only `/metrics` and `/healthz`, for a separate metrics address.
+pub fn metrics_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// Serves `app` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
+/// `GET /metrics`: OpenMetrics for scrapers that accept it, else the Prometheus text format.
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    shared.lock().refresh_health_metrics();
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match exposition::render(shared.registry(), format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+    }
+}
+
 #[derive(Serialize)]
 struct PodsReply {
+    /// Length of the window behind every `rate`.
+    rate_window_seconds: u32,
     pods: Vec<PodReply>,
     /// Sockets in the observed cgroup tree that belong to no pod.
-    unattributed: PodTraffic,
+    unattributed: UnattributedReply,
+}
+
+/// Exact totals of one flow and its rate (requests per second over the window).
+#[derive(Serialize)]
+struct FlowReply {
+    #[serde(flatten)]
+    totals: FlowTotals,
+    rate: f64,
+}
+
+impl FlowReply {
+    fn new(totals: FlowTotals, rates: &Rates, pod: Option<&PodId>, flow: Flow) -> Self {
+        Self {
+            totals,
+            rate: rates.rate(pod, flow),
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct PodReply {
     namespace: String,
     name: String,
-    inbound: FlowTotals,
-    outbound: FlowTotals,
-    loopback_inbound: FlowTotals,
-    loopback_outbound: FlowTotals,
+    inbound: FlowReply,
+    outbound: FlowReply,
+    loopback_inbound: FlowReply,
+    loopback_outbound: FlowReply,
     observed: ObservedReply,
 }
 
@@ -52,28 +104,63 @@ struct ObservedReply {
     outbound: Observed,
 }
 
+/// The fields of [`PodTraffic`], with rates.
+#[derive(Serialize)]
+struct UnattributedReply {
+    inbound: FlowReply,
+    outbound: FlowReply,
+    loopback_inbound: FlowReply,
+    loopback_outbound: FlowReply,
+    observed_inbound: Observed,
+    observed_outbound: Observed,
+}
+
+fn flows(t: &PodTraffic, rates: &Rates, pod: Option<&PodId>) -> [FlowReply; 4] {
+    [
+        FlowReply::new(t.inbound, rates, pod, Flow::Inbound),
+        FlowReply::new(t.outbound, rates, pod, Flow::Outbound),
+        FlowReply::new(t.loopback_inbound, rates, pod, Flow::LoopbackInbound),
+        FlowReply::new(t.loopback_outbound, rates, pod, Flow::LoopbackOutbound),
+    ]
+}
+
 async fn pods(State(shared): State<Shared>) -> Json<PodsReply> {
     let state = shared.lock();
+    let rates = &state.rates;
     let mut pods: Vec<PodReply> = state
         .traffic
         .pods()
-        .map(|(id, t)| PodReply {
-            namespace: id.namespace.clone(),
-            name: id.name.clone(),
-            inbound: t.inbound,
-            outbound: t.outbound,
-            loopback_inbound: t.loopback_inbound,
-            loopback_outbound: t.loopback_outbound,
-            observed: ObservedReply {
-                inbound: t.observed_inbound.clone(),
-                outbound: t.observed_outbound.clone(),
-            },
+        .map(|(id, t)| {
+            let [inbound, outbound, loopback_inbound, loopback_outbound] =
+                flows(t, rates, Some(id));
+            PodReply {
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                inbound,
+                outbound,
+                loopback_inbound,
+                loopback_outbound,
+                observed: ObservedReply {
+                    inbound: t.observed_inbound.clone(),
+                    outbound: t.observed_outbound.clone(),
+                },
+            }
         })
         .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let u = &state.traffic.unattributed;
+    let [inbound, outbound, loopback_inbound, loopback_outbound] = flows(u, rates, None);
     Json(PodsReply {
+        rate_window_seconds: rates.window().secs(),
         pods,
-        unattributed: state.traffic.unattributed.clone(),
+        unattributed: UnattributedReply {
+            inbound,
+            outbound,
+            loopback_inbound,
+            loopback_outbound,
+            observed_inbound: u.observed_inbound.clone(),
+            observed_outbound: u.observed_outbound.clone(),
+        },
     })
 }
 
@@ -91,6 +178,14 @@ struct AgentReply {
     open_requests: u64,
     counter_entries: u64,
     counter_entries_removed: u64,
+    ring_capacity_bytes: u64,
+    ring_used_bytes: u64,
+    connections_tracked: u64,
+    connections_evicted: u64,
+    pods_removed: u64,
+    rate_window_seconds: u32,
+    route_labels: bool,
+    routes_folded: u64,
 }
 
 #[derive(Serialize)]
@@ -137,5 +232,13 @@ async fn agent(State(shared): State<Shared>) -> Json<AgentReply> {
         open_requests: h.open_requests,
         counter_entries: h.counter_entries,
         counter_entries_removed: h.counter_entries_removed,
+        ring_capacity_bytes: h.ring_capacity_bytes,
+        ring_used_bytes: h.ring_used_bytes,
+        connections_tracked: h.connections_tracked,
+        connections_evicted: h.connections_evicted,
+        pods_removed: h.pods_removed,
+        rate_window_seconds: state.rates.window().secs(),
+        route_labels: state.routes.is_some(),
+        routes_folded: state.routes.as_ref().map_or(0, |r| r.folded),
     })
 }

@@ -4,13 +4,17 @@
 //! [`ebpf`] loads and attaches the kernel programs; [`counters`] reads their exact per-cgroup
 //! counters; [`events`] decodes the per-request ring buffer records and [`flows`] pairs requests
 //! with responses; [`cgroups`] and [`pods`] say which pod a cgroup or address is; [`dedup`] holds
-//! the rule that makes each request count once; [`traffic`] keeps per-pod totals; [`api`] serves
-//! them; [`agent`] runs it all. [`hpa`] models the HorizontalPodAutoscaler's replica decisions for
-//! the metrics podmeter serves.
+//! the rule that makes each request count once; [`traffic`] keeps per-pod totals, [`rates`] their
+//! sliding-window rates, [`routes`] the bounded route labels and [`metrics`] the Prometheus
+//! series; [`node`] keeps those in step; [`api`] serves them; [`agent`] runs it all, reading the
+//! ring buffer's fill ([`ring_fill`]) and the connection table's size ([`connection_table`]).
+//! [`hpa`] models the HorizontalPodAutoscaler's replica decisions for the metrics podmeter
+//! serves, and [`recommend`] applies it to live per-pod rates.
 
 pub mod agent;
 pub mod api;
 pub mod cgroups;
+pub mod connection_table;
 pub mod counters;
 pub mod dedup;
 pub mod ebpf;
@@ -18,8 +22,14 @@ pub mod error;
 pub mod events;
 pub mod flows;
 pub mod hpa;
+pub mod metrics;
+pub mod node;
 pub mod pods;
 pub mod preflight;
+pub mod rates;
+pub mod recommend;
+pub mod ring_fill;
+pub mod routes;
 pub mod top;
 pub mod traffic;
 

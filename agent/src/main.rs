@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use podmeter::{agent, ebpf::MapSizes};
+use podmeter::{agent, ebpf::MapSizes, rates::RateWindow, routes};
 
 #[derive(Parser)]
 #[command(
@@ -23,9 +23,13 @@ enum Command {
         /// cgroup v2 directory whose sockets are observed (default: the cgroup2 mount).
         #[arg(long, env = "PODMETER_CGROUP_ROOT")]
         cgroup_root: Option<PathBuf>,
-        /// Address of the HTTP API (port 0 picks a free port).
+        /// Address of the HTTP API: JSON and Prometheus /metrics (port 0 picks a free port).
         #[arg(long, env = "PODMETER_LISTEN", default_value = "127.0.0.1:9464")]
         listen: SocketAddr,
+        /// An extra address that serves only /metrics and /healthz (e.g. 0.0.0.0:9465 for
+        /// Prometheus while the JSON API stays on loopback).
+        #[arg(long, env = "PODMETER_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Identity file mapping cgroups and addresses to pods (TOML).
         #[arg(long, env = "PODMETER_IDENTITY_FILE")]
         identity_file: Option<PathBuf>,
@@ -38,6 +42,16 @@ enum Command {
         /// Ring buffer size in MiB (a power of two).
         #[arg(long, default_value_t = 4, value_parser = parse_ring_mib)]
         ring_mib: u32,
+        /// Seconds of the sliding window behind the per-pod requests-per-second rates.
+        #[arg(long, env = "PODMETER_RATE_WINDOW_SECS", default_value = "30", value_parser = parse_rate_window)]
+        rate_window_secs: RateWindow,
+        /// Label paired requests with their normalised route (ids collapsed to {id}).
+        #[arg(long, env = "PODMETER_ROUTE_LABELS")]
+        route_labels: bool,
+        /// With --route-labels: distinct routes per pod and direction; the rest count as `other`.
+        #[arg(long, default_value_t = routes::DEFAULT_CAP,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        max_routes_per_pod: u16,
     },
     /// Show per-pod counts and rates of a running agent.
     Top {
@@ -51,6 +65,21 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// What a HorizontalPodAutoscaler on `http_requests_per_second` would decide for each
+    /// workload, from a running agent's live per-pod rates, and why.
+    Recommend {
+        /// The agent's API address.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        agent: String,
+        /// HPA-like specs (TOML; see the README).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Decide again every sync period of the spec, keeping the HPA's history.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: podmeter::recommend::command::Output,
+    },
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -60,6 +89,11 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     } else {
         Err("a power of two from 1 to 1024".into())
     }
+}
+
+fn parse_rate_window(s: &str) -> Result<RateWindow, String> {
+    let secs: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    RateWindow::try_from(secs).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -79,10 +113,15 @@ fn main() -> ExitCode {
             poll_ms,
             pod_grace_secs,
             ring_mib,
+            metrics_listen,
+            rate_window_secs,
+            route_labels,
+            max_routes_per_pod,
         } => {
             let config = agent::Config {
                 cgroup_root,
                 listen,
+                metrics_listen,
                 identity_file,
                 poll_interval: Duration::from_millis(poll_ms),
                 pod_grace: Duration::from_secs(pod_grace_secs),
@@ -90,6 +129,9 @@ fn main() -> ExitCode {
                     ring_bytes: ring_mib << 20,
                     ..MapSizes::default()
                 },
+                rate_window: rate_window_secs,
+                route_labels,
+                max_routes_per_pod: usize::from(max_routes_per_pod),
             };
             run_agent(config)
         }
@@ -102,6 +144,12 @@ fn main() -> ExitCode {
             Duration::from_secs_f64(interval.max(0.1)),
             count,
         ),
+        Command::Recommend {
+            agent,
+            spec,
+            watch,
+            output,
+        } => podmeter::recommend::command::run(agent.trim_end_matches('/'), &spec, watch, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

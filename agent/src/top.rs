@@ -1,16 +1,13 @@
 //! `podmeter top`: a live per-pod view of a running agent.
 
-use std::{
-    collections::HashMap,
-    fmt::Write as _,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fmt::Write as _, time::Duration};
 
 use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct PodsReply {
     pods: Vec<Pod>,
+    rate_window_seconds: u32,
 }
 
 #[derive(Deserialize)]
@@ -25,20 +22,9 @@ struct Pod {
 #[derive(Deserialize)]
 struct Flow {
     requests: u64,
+    /// Requests per second over the agent's rate window: the number the HPA sees.
+    rate: f64,
     responses: HashMap<String, u64>,
-}
-
-/// Inbound and outbound request counts per (namespace, pod) at one refresh.
-type Snapshot = HashMap<(String, String), (u64, u64)>;
-
-/// Fetches `/v1/pods` from the agent at `base` (e.g. `http://127.0.0.1:9464`).
-fn fetch(agent: &ureq::Agent, base: &str) -> anyhow::Result<Vec<Pod>> {
-    let reply: PodsReply = agent
-        .get(&format!("{base}/v1/pods"))
-        .call()?
-        .body_mut()
-        .read_json()?;
-    Ok(reply.pods)
 }
 
 /// Prints the table every `interval`, `iterations` times (forever when `None`).
@@ -47,52 +33,45 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let mut previous: Option<(Instant, Snapshot)> = None;
     let mut n = 0u64;
     loop {
-        let pods = fetch(&agent, base)?;
-        let now = Instant::now();
+        let reply: PodsReply = agent
+            .get(&format!("{base}/v1/pods"))
+            .call()?
+            .body_mut()
+            .read_json()?;
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9}",
-            "NAMESPACE", "POD", "IN", "IN/s", "OUT", "OUT/s", "2xx", "5xx", "LOOPBACK"
+            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9}   (rates over {} s)",
+            "NAMESPACE",
+            "POD",
+            "IN",
+            "IN/s",
+            "OUT",
+            "OUT/s",
+            "2xx",
+            "5xx",
+            "LOOPBACK",
+            reply.rate_window_seconds
         );
-        let mut counts = HashMap::new();
-        for p in &pods {
-            let key = (p.namespace.clone(), p.name.clone());
-            let (in_rate, out_rate) = match &previous {
-                Some((t, before)) => {
-                    let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
-                    let (i, o) = before
-                        .get(&key)
-                        .copied()
-                        .unwrap_or((p.inbound.requests, p.outbound.requests));
-                    (
-                        (p.inbound.requests - i.min(p.inbound.requests)) as f64 / dt,
-                        (p.outbound.requests - o.min(p.outbound.requests)) as f64 / dt,
-                    )
-                }
-                None => (0.0, 0.0),
-            };
+        for p in &reply.pods {
+            let class = |c: &str| p.inbound.responses.get(c).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
                 "{:<16} {:<24} {:>10} {:>9.1} {:>10} {:>9.1} {:>7} {:>7} {:>9}",
                 p.namespace,
                 p.name,
                 p.inbound.requests,
-                in_rate,
+                p.inbound.rate,
                 p.outbound.requests,
-                out_rate,
-                p.inbound.responses.get("2xx").copied().unwrap_or(0),
-                p.inbound.responses.get("5xx").copied().unwrap_or(0),
+                p.outbound.rate,
+                class("2xx"),
+                class("5xx"),
                 p.loopback_inbound.requests,
             );
-            counts.insert(key, (p.inbound.requests, p.outbound.requests));
         }
-        print!("{out}");
-        println!();
-        previous = Some((now, counts));
+        println!("{out}");
         n += 1;
         if iterations.is_some_and(|max| n >= max) {
             return Ok(());

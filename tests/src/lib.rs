@@ -28,6 +28,7 @@
 //! ```
 
 pub mod agent;
+pub mod autoscale;
 pub mod cgroup;
 pub mod clients;
 pub mod hostnet;
@@ -36,7 +37,10 @@ pub mod loss;
 mod names;
 pub mod netns;
 pub mod nginx;
+pub mod paced;
 pub mod process;
+pub mod prometheus;
+pub mod scripted;
 mod stale;
 pub mod tempdir;
 mod wait;

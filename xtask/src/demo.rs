@@ -1,36 +1,45 @@
-//! `cargo xtask demo` (the README's main command): pods built from network namespaces and cgroups,
-//! real nginx servers, hey clients at fixed rates, and the agent counting every request once.
-//! A live table shows per-pod counts and rates; the summary compares them with what the clients
-//! report and with what counting at every socket (both ends, plus the sidecar hop) would say.
+//! `cargo xtask demo` (the README's main command): per-pod QPS measured in the kernel turning into
+//! replica decisions. Two backends under a fixed load, HPA targets 25 and 10 req/s per pod; the
+//! HPA's algorithm decides every sync period on the rates podmeter serves, and pods start and stop
+//! accordingly. Beside it: what a source that counts every request at both ends would decide.
 //! Everything it creates is removed on exit, on Ctrl-C too.
 
 use std::{
-    collections::BTreeMap,
-    io::Read as _,
-    process::Stdio,
+    io::Write as _,
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
-use podmeter_tests::{AgentProcess, ChildGuard, Cluster, Nginx, Pod, clients::parse_hey};
-use serde_json::Value;
+use anyhow::bail;
+use podmeter_tests::{
+    AgentProcess,
+    autoscale::{self, BackendSpec, Scenario, SyncReport},
+};
 
-/// Demo options; every default is the embedded scenario.
+/// Demo options; every default is the reference scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// How long the load runs, in seconds.
-    #[arg(long, default_value_t = 20)]
-    duration: u64,
-    /// Requests per second from the client pod to `web`.
+    /// Requests per second sent to each backend (through its ingress).
     #[arg(long, default_value_t = 50)]
-    web_rate: u32,
-    /// Requests per second from the client pod to `api` (which hands each to its app over loopback).
-    #[arg(long, default_value_t = 20)]
-    api_rate: u32,
-    /// Requests per second to `web` from outside the pods (the node's root network namespace).
+    rate: u32,
+    /// HPA target of backend-1, requests per second per pod.
+    #[arg(long, default_value_t = 25.0)]
+    target_1: f64,
+    /// HPA target of backend-2, requests per second per pod.
+    #[arg(long, default_value_t = 10.0)]
+    target_2: f64,
+    /// Seconds between HPA decisions (the controller's default is 15).
     #[arg(long, default_value_t = 10)]
-    external_rate: u32,
+    sync_secs: u64,
+    /// The agent's rate window in seconds (5..=300).
+    #[arg(long, default_value_t = 5)]
+    window_secs: u32,
+    /// The demo ends after this many seconds at the latest.
+    #[arg(long, default_value_t = 240)]
+    max_secs: u64,
+    /// It ends earlier once no backend changed for this many syncs in a row.
+    #[arg(long, default_value_t = 4)]
+    settle_syncs: u32,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -39,54 +48,37 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// One hey process at a fixed rate; `-q` is per worker, so the rate is split over `workers`.
-struct Load {
-    name: &'static str,
-    target: String,
-    rate: u32,
-    process: ChildGuard,
-}
-
-fn start_load(
-    name: &'static str,
-    from: Option<&Pod<'_>>,
-    url: String,
-    rate: u32,
-    secs: u64,
-) -> anyhow::Result<Load> {
-    let workers = rate.clamp(1, 5);
-    let per_worker = (rate / workers).max(1);
-    let mut command = match from {
-        Some(pod) => pod.command("hey")?,
-        None => std::process::Command::new("hey"),
-    };
-    command
-        .args([
-            "-z",
-            &format!("{secs}s"),
-            "-c",
-            &workers.to_string(),
-            "-q",
-            &per_worker.to_string(),
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    podmeter_tests::process::die_with_parent(&mut command);
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting hey for {name}"))?;
-    Ok(Load {
-        name,
-        target: url,
-        rate: per_worker * workers,
-        process: ChildGuard::from_child(child, name),
-    })
-}
-
-fn flow(p: &Value, key: &str) -> u64 {
-    p[key]["requests"].as_u64().unwrap_or(0)
+fn show(report: &SyncReport) {
+    let bar: String = (0..report.settle_syncs)
+        .map(|i| if i < report.stable_syncs { '#' } else { '.' })
+        .collect();
+    println!(
+        "t={:>4}s  sync {:<3} settling [{bar}]",
+        report.elapsed.as_secs(),
+        report.sync
+    );
+    for b in &report.backends {
+        let rates: Vec<String> = b
+            .pods
+            .iter()
+            .map(|(_, r)| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")))
+            .collect();
+        println!(
+            "  {:<10} target {:>4.0}/pod  replicas {:>2} -> {:<2}  per-pod QPS [{}]",
+            b.name,
+            b.target_per_pod,
+            b.replicas,
+            b.desired,
+            rates.join(" ")
+        );
+        println!("  {:<10} {}", "", b.reason);
+        println!(
+            "  {:<10} double-counted source: {:.1}/pod -> would want {}",
+            "", b.double_counted_per_pod, b.double_counted_desired
+        );
+    }
+    println!();
+    let _ = std::io::stdout().flush();
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -98,159 +90,65 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !AgentProcess::binary().exists() {
         crate::test::cargo(&["build", "--package", "podmeter", "--bin", "podmeter"])?;
     }
-
-    println!("podmeter demo: building pods (network namespaces + cgroups) and starting nginx ...");
-    let cluster = Cluster::new()?;
-    let client = cluster.pod("demo", "client")?;
-    let web = cluster.pod("demo", "web")?;
-    let api = cluster.pod("demo", "api")?;
-    let web_server = Nginx::start(&web)?;
-    let api_server = Nginx::start(&api)?;
-    let agent = AgentProcess::start(cluster.cgroup_root(), &[])?;
+    let backend = |name: &str, target: f64| BackendSpec {
+        name: name.to_owned(),
+        rate: args.rate,
+        target_per_pod: target,
+        max_replicas: 10,
+    };
+    let scenario = Scenario {
+        backends: vec![
+            backend("backend-1", args.target_1),
+            backend("backend-2", args.target_2),
+        ],
+        sync_period: Duration::from_secs(args.sync_secs.max(1)),
+        rate_window_secs: args.window_secs,
+        max_duration: Duration::from_secs(args.max_secs),
+        settle_syncs: args.settle_syncs.max(1),
+    };
     println!(
-        "agent attached to {} and serving {}\n",
-        cluster.cgroup_root().display(),
-        agent.base_url()
+        "podmeter demo: two backends, each behind an nginx ingress (round robin per request), {} req/s each \
+         from a hey client pod.\nHPA targets: backend-1 {}/pod, backend-2 {}/pod; a decision every {} s on the \
+         per-pod rates podmeter measures in the kernel ({} s window). Ctrl-C ends it.\n",
+        args.rate, args.target_1, args.target_2, args.sync_secs, args.window_secs
     );
-    println!(
-        "load for {}s: client -> web {} req/s, client -> api {} req/s (api's nginx hands each to its app on \
-         127.0.0.1), outside -> web {} req/s\n",
-        args.duration, args.web_rate, args.api_rate, args.external_rate
-    );
-
-    let mut loads = vec![
-        start_load(
-            "client -> web",
-            Some(&client),
-            web_server.url("/"),
-            args.web_rate,
-            args.duration,
-        )?,
-        start_load(
-            "client -> api",
-            Some(&client),
-            api_server.url("/proxy/items"),
-            args.api_rate,
-            args.duration,
-        )?,
-        start_load(
-            "outside -> web",
-            None,
-            web_server.url("/"),
-            args.external_rate,
-            args.duration,
-        )?,
-    ];
-
-    let started = Instant::now();
-    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut last_at = Instant::now();
-    while started.elapsed() < Duration::from_secs(args.duration + 2)
-        && !INTERRUPTED.load(Ordering::SeqCst)
-    {
-        std::thread::sleep(Duration::from_secs(1));
-        let pods = agent.get("/v1/pods")?;
-        let dt = last_at.elapsed().as_secs_f64();
-        last_at = Instant::now();
-        println!(
-            "t={:>3}s {:<14} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            started.elapsed().as_secs(),
-            "POD",
-            "IN",
-            "IN/s",
-            "OUT",
-            "OUT/s",
-            "LOOPBACK"
-        );
-        for p in pods["pods"].as_array().into_iter().flatten() {
-            let name = format!(
-                "{}/{}",
-                p["namespace"].as_str().unwrap_or(""),
-                p["name"].as_str().unwrap_or("")
-            );
-            let (inb, out) = (flow(p, "inbound"), flow(p, "outbound"));
-            let (pin, pout) = last.insert(name.clone(), (inb, out)).unwrap_or((inb, out));
-            println!(
-                "       {:<14} {:>8} {:>8.1} {:>8} {:>8.1} {:>10}",
-                name,
-                inb,
-                (inb - pin.min(inb)) as f64 / dt,
-                out,
-                (out - pout.min(out)) as f64 / dt,
-                flow(p, "loopback_inbound")
-            );
-        }
-        println!();
-    }
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        println!("interrupted: cleaning up");
+    let outcome = autoscale::run(&scenario, &INTERRUPTED, show)?;
+    if outcome.interrupted {
+        println!("interrupted: everything created was removed.");
         return Ok(());
     }
-
-    // What the clients saw.
-    let mut sent = 0;
-    println!("clients:");
-    for load in &mut loads {
-        load.process.wait_timeout(Duration::from_secs(30))?;
-        let mut out = String::new();
-        if let Some(stdout) = load.process.child_mut().stdout.as_mut() {
-            stdout.read_to_string(&mut out)?;
-        }
-        let report = parse_hey(&out)?;
-        sent += report.completed();
+    println!("summary");
+    for (name, replicas) in &outcome.final_replicas {
         println!(
-            "  {:<15} {:>6} requests answered at ~{} req/s ({})",
-            load.name,
-            report.completed(),
-            load.rate,
-            load.target
+            "  {name}: {replicas} replicas (a double-counting source would have asked for {})",
+            outcome
+                .double_counted_replicas
+                .get(name)
+                .copied()
+                .unwrap_or(0)
         );
     }
-    // Let the last counter read land.
-    std::thread::sleep(Duration::from_millis(600));
-    let pods = agent.get("/v1/pods")?;
-    let pod = |name: &str| {
-        pods["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let (web_in, api_in, client_out) = (
-        flow(&pod("web"), "inbound"),
-        flow(&pod("api"), "inbound"),
-        flow(&pod("client"), "outbound"),
-    );
-    let every_socket: u64 = pods["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            flow(p, "inbound")
-                + flow(p, "outbound")
-                + flow(p, "loopback_inbound")
-                + flow(p, "loopback_outbound")
-        })
-        .sum();
-    println!("\npodmeter counted:");
-    println!("  web inbound     {web_in:>6}   (client -> web plus outside -> web)");
     println!(
-        "  api inbound     {api_in:>6}   (its loopback hop to the app is kept apart: {} more)",
-        flow(&pod("api"), "loopback_inbound")
+        "  equilibrium {} s after the load started, {} scale events{}",
+        outcome.time_to_equilibrium.as_secs(),
+        outcome.scale_events,
+        if outcome.settled {
+            ""
+        } else {
+            " (not settled within --max-secs)"
+        }
     );
-    println!("  client outbound {client_out:>6}");
     println!(
-        "\nrequests answered {sent}; podmeter's inbound total {}; counting every socket would say {every_socket}.",
-        web_in + api_in
+        "  requests answered {}, counted by podmeter at the ingresses {}",
+        outcome.answered, outcome.counted_inbound
     );
-    if web_in + api_in != sent {
+    if outcome.answered != outcome.counted_inbound {
         bail!(
-            "podmeter's inbound total {} differs from the {sent} requests the clients saw answered",
-            web_in + api_in
+            "podmeter counted {} requests, the clients saw {} answered",
+            outcome.counted_inbound,
+            outcome.answered
         );
     }
-    println!("each request counted exactly once. Cleaning up.");
+    println!("everything created was removed.");
     Ok(())
 }

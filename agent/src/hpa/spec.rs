@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Default `--horizontal-pod-autoscaler-sync-period`: the controller re-evaluates every HPA this
 /// often. The model takes time as an input, so this is only a convenience for callers.
@@ -163,7 +163,8 @@ impl HpaSpec {
 }
 
 /// `spec.behavior`. `Behavior::default()` is an empty `behavior: {}`, i.e. all defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Behavior {
     /// `behavior.scaleUp`.
     pub scale_up: ScalingRules,
@@ -172,7 +173,8 @@ pub struct Behavior {
 }
 
 /// `HPAScalingRules`: every field may be left unset and is then defaulted per direction.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScalingRules {
     /// `stabilizationWindowSeconds`.
     pub stabilization_window_seconds: Option<u32>,
@@ -263,7 +265,7 @@ impl Rules {
 }
 
 /// `selectPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SelectPolicy {
     /// Allow the largest change any policy allows (the default).
     Max,
@@ -274,7 +276,7 @@ pub enum SelectPolicy {
 }
 
 /// `HPAScalingPolicy.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PolicyKind {
     /// `value` pods per period.
     Pods,
@@ -283,9 +285,11 @@ pub enum PolicyKind {
 }
 
 /// `HPAScalingPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScalingPolicy {
     /// `type`.
+    #[serde(rename = "type")]
     pub kind: PolicyKind,
     /// `value`.
     pub value: u32,

@@ -1,0 +1,396 @@
+//! The Prometheus metrics served at `GET /metrics`: per-pod HTTP families for each side
+//! ([`http`]), the agent's own health ([`health`]), their label sets ([`labels`]) and the text
+//! formats they are written in ([`exposition`]).
+//!
+//! Two sources, named apart: `requests_started_total`, `requests_total` and `requests_per_second`
+//! come from the kernel's exact counters; `observed_requests_total` and
+//! `request_duration_seconds` come from paired request/response events, which the kernel drops
+//! when the ring buffer is full (`podmeter_events_dropped_total` says how many).
+
+pub mod exposition;
+pub mod health;
+pub mod http;
+pub mod labels;
+
+use prometheus_client::registry::Registry;
+
+use self::{
+    health::{AgentInfo, HealthMetrics},
+    http::{HttpFamilies, HttpMetrics, Side},
+};
+use crate::{dedup::Flow, pods::PodId};
+
+/// Every family the agent exports, with the series of every pod.
+pub struct Metrics {
+    /// `podmeter_http_server_*`: requests pods served (inbound).
+    pub server: HttpMetrics,
+    /// `podmeter_http_client_*`: requests pods sent (outbound).
+    pub client: HttpMetrics,
+    /// `podmeter_*`: the agent itself.
+    pub health: HealthMetrics,
+}
+
+impl Metrics {
+    /// Registers every family under `podmeter_`.
+    pub fn register(registry: &mut Registry, info: &AgentInfo) -> Self {
+        let registry = registry.sub_registry_with_prefix("podmeter");
+        Self {
+            server: HttpMetrics::new(HttpFamilies::register(
+                registry,
+                Side::Server,
+                info.rate_window_secs,
+            )),
+            client: HttpMetrics::new(HttpFamilies::register(
+                registry,
+                Side::Client,
+                info.rate_window_secs,
+            )),
+            health: HealthMetrics::register(registry, info),
+        }
+    }
+
+    /// The side a flow is exported under; loopback flows (a pod talking to itself) are not.
+    pub fn side(&mut self, flow: Flow) -> Option<&mut HttpMetrics> {
+        match flow {
+            Flow::Inbound => Some(&mut self.server),
+            Flow::Outbound => Some(&mut self.client),
+            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
+        }
+    }
+
+    /// Removes every series of a pod.
+    pub fn remove(&mut self, pod: &PodId) {
+        self.server.remove(pod);
+        self.client.remove(pod);
+    }
+
+    /// Pods with series on either side.
+    pub fn pods(&self) -> usize {
+        // A pod usually serves or sends, rarely both: count the larger side, not the sum.
+        self.server.pods().max(self.client.pods())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+    use super::{exposition::Format, *};
+    use crate::{
+        counters::Counts,
+        events::Method,
+        flows::{Exchange, Outcome},
+        node::Health,
+        routes::Route,
+    };
+
+    fn info() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0".to_owned(),
+            programs: "cgroup_skb/ingress,cgroup_skb/egress,sock_ops".to_owned(),
+            link: "bpf_link".to_owned(),
+            cgroup_root: "/sys/fs/cgroup".to_owned(),
+            rate_window_secs: 30,
+            ring_capacity_bytes: 4 << 20,
+            ring_positions: true,
+        }
+    }
+
+    fn exchange(method: Method, outcome: Outcome, latency_us: Option<u64>) -> Exchange {
+        Exchange {
+            cgroup_id: 1,
+            role: 1,
+            peer: 0,
+            method,
+            target: Some("/".to_owned()),
+            outcome,
+            latency: latency_us.map(Duration::from_micros),
+            remote: None,
+        }
+    }
+
+    fn counts(requests: u64, ok: u64, server_error: u64) -> Counts {
+        let mut c = Counts {
+            requests,
+            ..Counts::default()
+        };
+        c.responses[2] = ok;
+        c.responses[5] = server_error;
+        c
+    }
+
+    fn render(registry: &Registry) -> String {
+        exposition::render(registry, Format::Prometheus).expect("renders")
+    }
+
+    /// Sample lines of `text` for pod `pod`, without the HELP/TYPE metadata.
+    fn samples_of<'a>(text: &'a str, pod: &str) -> Vec<&'a str> {
+        let needle = format!("pod=\"{pod}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&needle))
+            .collect()
+    }
+
+    #[test]
+    fn exact_counts_and_the_rate_gauge_are_exported_per_pod() {
+        let mut registry = Registry::default();
+        let mut m = Metrics::register(&mut registry, &info());
+        let web = PodId::new("shop", "web");
+        m.server.add_counts(&web, &counts(10, 9, 1));
+        m.server.add_counts(&web, &counts(2, 2, 0));
+        m.server.set_rate(&web, 4.5);
+        let text = render(&registry);
+        let mut samples = samples_of(&text, "web");
+        // Series of one family come in no particular order.
+        samples.sort_unstable();
+        assert_eq!(
+            samples,
+            [
+                "podmeter_http_server_requests_per_second{namespace=\"shop\",pod=\"web\"} 4.5",
+                "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 12",
+                "podmeter_http_server_requests_total{namespace=\"shop\",pod=\"web\",status_class=\"2xx\"} 11",
+                "podmeter_http_server_requests_total{namespace=\"shop\",pod=\"web\",status_class=\"5xx\"} 1",
+            ]
+        );
+        assert!(!text.contains("podmeter_http_client_requests_total{"));
+    }
+
+    #[test]
+    fn durations_land_in_their_buckets_with_upper_bounds_inclusive() {
+        let mut registry = Registry::default();
+        let mut m = Metrics::register(&mut registry, &info());
+        let web = PodId::new("shop", "web");
+        for latency_us in [100, 300, 2_000, 2_000, 45_000_000, 120_000_000] {
+            m.server.observe(
+                &web,
+                &exchange(Method::Get, Outcome::Status(200), Some(latency_us)),
+                None,
+            );
+        }
+        // Closed without a response: counted, but no duration.
+        m.server.observe(
+            &web,
+            &exchange(Method::Post, Outcome::NoResponse, None),
+            None,
+        );
+        let text = render(&registry);
+        let bucket = |le: &str| {
+            let prefix = format!(
+                "podmeter_http_server_request_duration_seconds_bucket{{le=\"{le}\",namespace=\"shop\",pod=\"web\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0001"), "1");
+        assert_eq!(bucket("0.00025"), "1");
+        assert_eq!(bucket("0.0005"), "2");
+        assert_eq!(bucket("0.0025"), "4");
+        assert_eq!(bucket("30.0"), "4");
+        assert_eq!(bucket("60.0"), "5");
+        assert_eq!(bucket("+Inf"), "6");
+        assert!(text.contains(
+            "podmeter_http_server_request_duration_seconds_count{namespace=\"shop\",pod=\"web\"} 6\n"
+        ));
+        assert!(text.contains("podmeter_http_server_observed_requests_total{namespace=\"shop\",pod=\"web\",method=\"GET\",status_class=\"2xx\"} 6\n"));
+        assert!(text.contains("podmeter_http_server_observed_requests_total{namespace=\"shop\",pod=\"web\",method=\"POST\",status_class=\"none\"} 1\n"));
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("podmeter_http_server_request_duration_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, http::DURATION_BUCKETS.len() + 1);
+    }
+
+    #[test]
+    fn routes_are_a_label_only_when_given() {
+        let mut registry = Registry::default();
+        let mut m = Metrics::register(&mut registry, &info());
+        let api = PodId::new("shop", "api");
+        let route = Route {
+            id: 1,
+            name: Arc::from("/items/{id}"),
+        };
+        m.client.observe(
+            &api,
+            &exchange(Method::Delete, Outcome::Status(404), Some(900)),
+            Some(route),
+        );
+        let text = render(&registry);
+        assert!(text.contains("podmeter_http_client_observed_requests_total{namespace=\"shop\",pod=\"api\",method=\"DELETE\",status_class=\"4xx\",route=\"/items/{id}\"} 1\n"), "{text}");
+        assert!(text.contains("podmeter_http_client_request_duration_seconds_count{namespace=\"shop\",pod=\"api\",route=\"/items/{id}\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn a_removed_pod_leaves_no_series_behind() {
+        let mut registry = Registry::default();
+        let mut m = Metrics::register(&mut registry, &info());
+        let web = PodId::new("shop", "web");
+        let db = PodId::new("shop", "db");
+        for pod in [&web, &db] {
+            m.server.add_counts(pod, &counts(3, 2, 1));
+            m.client.add_counts(pod, &counts(1, 1, 0));
+            m.server.observe(
+                pod,
+                &exchange(Method::Get, Outcome::Status(200), Some(500)),
+                None,
+            );
+            m.client.observe(
+                pod,
+                &exchange(Method::Other, Outcome::Unrecognised, Some(500)),
+                None,
+            );
+        }
+        let before = render(&registry);
+        assert!(!samples_of(&before, "web").is_empty());
+        m.remove(&web);
+        let after = render(&registry);
+        assert_eq!(samples_of(&after, "web"), Vec::<&str>::new());
+        assert_eq!(samples_of(&after, "db"), samples_of(&before, "db"));
+        assert_eq!(m.pods(), 1);
+        // A pod that comes back starts from zero.
+        m.server.add_counts(&web, &counts(1, 1, 0));
+        assert!(render(&registry).contains(
+            "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 1\n"
+        ));
+    }
+
+    #[test]
+    fn health_mirrors_the_kernel_and_pipeline_readings() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, &info());
+        let mut h = Health::default();
+        h.kernel.0[podmeter_common::stat::EVENTS_DROPPED as usize] = 7;
+        h.events_received = 100;
+        h.connections_tracked = 12;
+        h.ring_used_bytes = 4096;
+        m.health.update(&h, 3, 2);
+        let text = render(&registry);
+        for line in [
+            "podmeter_events_dropped_total 7",
+            "podmeter_events_received_total 100",
+            "podmeter_connections_tracked 12",
+            "podmeter_ring_buffer_used_bytes 4096",
+            "podmeter_ring_buffer_capacity_bytes 4194304",
+            "podmeter_pods 3",
+            "podmeter_routes_folded_total 2",
+            "podmeter_rate_window_seconds 30",
+            "podmeter_build_info{version=\"0.1.0\"} 1",
+            "podmeter_parse_failures_total{kind=\"request_line\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn help_texts_need_no_escaping() {
+        let mut registry = Registry::default();
+        let _m = Metrics::register(&mut registry, &info());
+        let text = render(&registry);
+        for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(
+                !line.contains(['\\', '"']),
+                "HELP texts must not need escaping: {line}"
+            );
+        }
+    }
+
+    /// Every name a scrape can contain: family names and their sample suffixes.
+    fn exported_names(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                names.insert(name.to_owned());
+                if kind == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// The metric names a PromQL expression refers to (every `podmeter_...` identifier).
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("podmeter_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                        ("query", serde_json::Value::Object(q)) => {
+                            if let Some(serde_json::Value::String(s)) = q.get("query") {
+                                out.push(s.clone());
+                            }
+                        }
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_the_agent_exports() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/podmeter-dashboard.json"
+        );
+        let text = std::fs::read_to_string(path).expect("the dashboard is in deploy/grafana");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let mut registry = Registry::default();
+        let mut m = Metrics::register(&mut registry, &info());
+        // Families without series are not written: give one pod every series.
+        let web = PodId::new("shop", "web");
+        for side in [&mut m.server, &mut m.client] {
+            side.add_counts(&web, &counts(2, 1, 1));
+            side.observe(
+                &web,
+                &exchange(Method::Get, Outcome::Status(200), Some(800)),
+                None,
+            );
+        }
+        m.health.update(&Health::default(), 1, 0);
+        let exported = exported_names(&render(&registry));
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(
+            queries.len() >= 10,
+            "the dashboard has queries: {queries:?}"
+        );
+        let mut checked = 0;
+        for query in &queries {
+            for name in metric_names(query) {
+                assert!(
+                    exported.contains(&name),
+                    "the dashboard queries `{name}` ({query}), which the agent does not export; it exports {exported:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "the dashboard names podmeter metrics");
+        // The datasource is a variable, so the dashboard works with any Prometheus.
+        assert!(text.contains("${datasource}"));
+        assert!(!text.contains("\"uid\": \"prometheus\""));
+    }
+}

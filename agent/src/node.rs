@@ -1,0 +1,307 @@
+//! The node's state as the API serves it: per-pod totals, rates, route labels and metric series,
+//! kept in step: every read is booked into all of them, and a pod that leaves leaves all of them
+//! at the same moment.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use prometheus_client::registry::Registry;
+
+use crate::{
+    counters::{Counts, KernelStats},
+    dedup::Flow,
+    flows::Exchange,
+    metrics::Metrics,
+    pods::PodId,
+    rates::Rates,
+    routes::Routes,
+    traffic::Traffic,
+};
+
+/// The agent's own health, from the kernel statistics and the userspace pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub kernel: KernelStats,
+    pub events_received: u64,
+    pub events_malformed: u64,
+    pub request_lines_invalid: u64,
+    pub unpaired_requests: u64,
+    pub orphan_responses: u64,
+    pub open_requests: u64,
+    pub counter_entries: u64,
+    pub counter_entries_removed: u64,
+    /// Size of the ring buffer's data area.
+    pub ring_capacity_bytes: u64,
+    /// Bytes written to the ring buffer and not yet read, just before the latest drain.
+    pub ring_used_bytes: u64,
+    /// Entries in the kernel's connection table at the latest count.
+    pub connections_tracked: u64,
+    /// Connections the full table evicted, derived as opened - closed - tracked.
+    pub connections_evicted: u64,
+    /// Pods removed after the grace period.
+    pub pods_removed: u64,
+}
+
+/// Everything the API reads.
+pub struct NodeState {
+    pub traffic: Traffic,
+    pub rates: Rates,
+    /// `None` when route labels are off.
+    pub routes: Option<Routes>,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub started: Instant,
+    pub cgroup_root: PathBuf,
+}
+
+impl NodeState {
+    /// Books one read of the kernel counters, taken at `now`, into totals, rates and series, and
+    /// sets every pod's rate gauges.
+    pub fn book_counts(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Counts)]) {
+        for (pod, flow, delta) in booked {
+            self.traffic.add_counts(pod.as_ref(), *flow, delta);
+            if let (Some(pod), Some(side)) = (pod, self.metrics.side(*flow)) {
+                side.add_counts(pod, delta);
+            }
+        }
+        self.rates.book(
+            now,
+            booked
+                .iter()
+                .map(|(pod, flow, delta)| (pod.as_ref(), *flow, delta.requests)),
+        );
+        for pod in self.rates.pods() {
+            self.metrics
+                .server
+                .set_rate(pod, self.rates.rate(Some(pod), Flow::Inbound));
+            self.metrics
+                .client
+                .set_rate(pod, self.rates.rate(Some(pod), Flow::Outbound));
+        }
+    }
+
+    /// Books paired exchanges into totals and series.
+    pub fn book_exchanges(&mut self, booked: &[(Option<PodId>, Flow, Exchange)]) {
+        for (pod, flow, exchange) in booked {
+            self.traffic.add_exchange(pod.as_ref(), *flow, exchange);
+            let (Some(pod), Some(side)) = (pod, self.metrics.side(*flow)) else {
+                continue;
+            };
+            let route = self
+                .routes
+                .as_mut()
+                .map(|r| r.route(pod, *flow, exchange.target.as_deref()));
+            side.observe(pod, exchange, route);
+        }
+    }
+
+    /// Marks which pods still have a cgroup; pods gone for longer than `grace` are removed from
+    /// totals, rates, routes and metric families at once. Returns the removed pods.
+    pub fn sweep(
+        &mut self,
+        alive: impl Fn(&PodId) -> bool,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<PodId> {
+        let removed = self.traffic.sweep(alive, now, grace);
+        for pod in &removed {
+            self.rates.remove(pod);
+            if let Some(routes) = self.routes.as_mut() {
+                routes.remove(pod);
+            }
+            self.metrics.remove(pod);
+        }
+        self.health.pods_removed += removed.len() as u64;
+        removed
+    }
+
+    /// Copies the health readings into the health families (before a scrape).
+    pub fn refresh_health_metrics(&self) {
+        let folded = self.routes.as_ref().map_or(0, |r| r.folded);
+        self.metrics
+            .health
+            .update(&self.health, self.metrics.pods(), folded);
+    }
+}
+
+/// Shared, briefly locked state, plus the registry `/metrics` encodes (its families synchronise
+/// themselves, so a scrape never holds the state lock while encoding).
+#[derive(Clone)]
+pub struct Shared {
+    state: Arc<Mutex<NodeState>>,
+    registry: Arc<Registry>,
+}
+
+impl Shared {
+    pub fn new(state: NodeState, registry: Registry) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, NodeState> {
+        // A panic while holding the lock leaves consistent-enough counters; keep serving them.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        events::Method,
+        flows::Outcome,
+        metrics::{
+            exposition::{self, Format},
+            health::AgentInfo,
+        },
+        rates::RateWindow,
+    };
+
+    fn state(routes: Option<Routes>) -> (NodeState, Registry, Instant) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(
+            &mut registry,
+            &AgentInfo {
+                version: "test".to_owned(),
+                programs: "p".to_owned(),
+                link: "l".to_owned(),
+                cgroup_root: "/r".to_owned(),
+                rate_window_secs: 10,
+                ring_capacity_bytes: 4096,
+                ring_positions: false,
+            },
+        );
+        let t0 = Instant::now();
+        let state = NodeState {
+            traffic: Traffic::default(),
+            rates: Rates::new(RateWindow::try_from(10).expect("valid"), t0),
+            routes,
+            metrics,
+            health: Health::default(),
+            started: t0,
+            cgroup_root: PathBuf::from("/r"),
+        };
+        (state, registry, t0)
+    }
+
+    fn served(requests: u64) -> Counts {
+        let mut c = Counts {
+            requests,
+            ..Counts::default()
+        };
+        c.responses[2] = requests;
+        c
+    }
+
+    fn get(target: &str) -> Exchange {
+        Exchange {
+            cgroup_id: 1,
+            role: 1,
+            peer: 0,
+            method: Method::Get,
+            target: Some(target.to_owned()),
+            outcome: Outcome::Status(200),
+            latency: Some(Duration::from_millis(3)),
+            remote: None,
+        }
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        exposition::render(registry, Format::Prometheus).expect("renders")
+    }
+
+    #[test]
+    fn the_gauge_the_json_rate_and_the_counter_come_from_one_booking() {
+        let (mut s, registry, t0) = state(None);
+        let web = PodId::new("shop", "web");
+        for tick in 1..=60u64 {
+            s.book_counts(
+                t0 + Duration::from_millis(250 * tick),
+                &[(Some(web.clone()), Flow::Inbound, served(5))],
+            );
+        }
+        let rate = s.rates.rate(Some(&web), Flow::Inbound);
+        assert!((rate - 20.0).abs() < 1e-9, "{rate}");
+        let text = scrape(&registry);
+        assert!(
+            text.contains(
+                "podmeter_http_server_requests_per_second{namespace=\"shop\",pod=\"web\"} 20.0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 300\n"
+        ));
+        assert_eq!(s.traffic.get(&web).map(|t| t.inbound.requests), Some(300));
+    }
+
+    #[test]
+    fn a_removed_pod_leaves_every_structure_at_once() {
+        let (mut s, registry, t0) = state(Some(Routes::new(5)));
+        let web = PodId::new("shop", "web");
+        let db = PodId::new("shop", "db");
+        s.book_counts(
+            t0 + Duration::from_secs(1),
+            &[
+                (Some(web.clone()), Flow::Inbound, served(3)),
+                (Some(db.clone()), Flow::Inbound, served(1)),
+            ],
+        );
+        s.book_exchanges(&[
+            (Some(web.clone()), Flow::Inbound, get("/a/1")),
+            (Some(db.clone()), Flow::Inbound, get("/b")),
+        ]);
+        assert!(scrape(&registry).contains("route=\"/a/{id}\""));
+        let grace = Duration::from_secs(60);
+        let alive = |p: &PodId| p == &db;
+        assert!(
+            s.sweep(alive, t0 + Duration::from_secs(2), grace)
+                .is_empty()
+        );
+        let removed = s.sweep(alive, t0 + Duration::from_secs(62), grace);
+        assert_eq!(removed, vec![web.clone()]);
+        let text = scrape(&registry);
+        assert!(!text.contains("pod=\"web\""), "{text}");
+        assert!(text.contains("pod=\"db\""));
+        assert!(s.traffic.get(&web).is_none());
+        assert_eq!(s.rates.pods().collect::<Vec<_>>(), vec![&db]);
+        assert_eq!(
+            s.routes.as_ref().map(|r| r.len(&web, Flow::Inbound)),
+            Some(0)
+        );
+        assert_eq!(s.health.pods_removed, 1);
+        s.refresh_health_metrics();
+        assert!(scrape(&registry).contains("podmeter_pods_removed_total 1\n"));
+    }
+
+    #[test]
+    fn traffic_of_no_pod_and_over_loopback_is_not_exported() {
+        let (mut s, registry, t0) = state(None);
+        let web = PodId::new("shop", "web");
+        s.book_counts(
+            t0 + Duration::from_secs(1),
+            &[
+                (None, Flow::Inbound, served(4)),
+                (Some(web.clone()), Flow::LoopbackInbound, served(2)),
+            ],
+        );
+        let text = scrape(&registry);
+        assert!(
+            !text.contains("podmeter_http_server_requests_total{"),
+            "{text}"
+        );
+        assert_eq!(s.traffic.unattributed.inbound.requests, 4);
+        assert!(s.rates.rate(None, Flow::Inbound) > 0.0);
+    }
+}

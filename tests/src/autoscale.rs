@@ -1,0 +1,479 @@
+//! The replica scenario of the demo and of its integration test: backends whose replica counts
+//! follow the HPA's decisions on the per-pod rates podmeter measures.
+//!
+//! Each backend is a set of netns pods running nginx behind its own ingress pod (nginx as an L7
+//! load balancer, round robin per request, reloaded when pods come and go). A client pod runs hey
+//! at a fixed total rate against the ingress. Every sync period the scenario reads each backend
+//! pod's inbound rate from the agent (`/v1/pods`), asks [`podmeter::recommend::Recommender`] (the
+//! HPA's algorithm) for the desired count, and starts or stops backend pods to match. Beside it, a
+//! second recommender is fed what a source that counts each request at both ends would report
+//! (the backend pod's server-side count plus its share of the ingress pod's client-side count,
+//! both measured by the agent), and its decision is shown, not applied.
+
+use std::{
+    collections::BTreeMap,
+    process::Stdio,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use podmeter::recommend::{PodRate, Recommender, WorkloadSpec};
+use serde_json::Value;
+
+use crate::{
+    AgentProcess, ChildGuard, Cluster, Pod, TempDir, clients::parse_hey, wait::poll_until,
+};
+
+/// Namespace of every scenario pod.
+pub const NAMESPACE: &str = "demo";
+
+/// One backend of the scenario.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub name: String,
+    /// Total requests per second sent to the backend (through its ingress).
+    pub rate: u32,
+    /// HPA target: `http_requests_per_second` per pod.
+    pub target_per_pod: f64,
+    pub max_replicas: u32,
+}
+
+/// The whole scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub backends: Vec<BackendSpec>,
+    /// How often the HPA decides (the controller's default is 15 s).
+    pub sync_period: Duration,
+    /// The agent's rate window (`--rate-window-secs`); at most the sync period so that each
+    /// decision sees the pods as the previous one left them.
+    pub rate_window_secs: u32,
+    /// The scenario ends at the latest after this long.
+    pub max_duration: Duration,
+    /// Ends once no backend changed its count for this many consecutive syncs.
+    pub settle_syncs: u32,
+}
+
+impl Scenario {
+    /// The reference scenario: two backends under 50 req/s each, targets 25 and 10 req/s per pod.
+    pub fn reference() -> Self {
+        let backend = |name: &str, target: f64| BackendSpec {
+            name: name.to_owned(),
+            rate: 50,
+            target_per_pod: target,
+            max_replicas: 10,
+        };
+        Self {
+            backends: vec![backend("backend-1", 25.0), backend("backend-2", 10.0)],
+            sync_period: Duration::from_secs(10),
+            rate_window_secs: 5,
+            max_duration: Duration::from_secs(240),
+            settle_syncs: 4,
+        }
+    }
+}
+
+/// One backend at one sync.
+#[derive(Clone, Debug)]
+pub struct BackendStatus {
+    pub name: String,
+    pub target_per_pod: f64,
+    /// (pod, inbound rate) as the agent served it; `None` for a pod without a value yet.
+    pub pods: Vec<(String, Option<f64>)>,
+    pub replicas: u32,
+    pub desired: u32,
+    pub reason: String,
+    /// Per-pod average a both-ends counting source would report, and what it would decide.
+    pub double_counted_per_pod: f64,
+    pub double_counted_desired: u32,
+}
+
+/// What one sync saw and did.
+#[derive(Clone, Debug)]
+pub struct SyncReport {
+    pub elapsed: Duration,
+    pub sync: u32,
+    pub backends: Vec<BackendStatus>,
+    pub stable_syncs: u32,
+    pub settle_syncs: u32,
+}
+
+/// How the scenario ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub final_replicas: BTreeMap<String, u32>,
+    pub double_counted_replicas: BTreeMap<String, u32>,
+    /// Time from load start to the last scale event (the equilibrium).
+    pub time_to_equilibrium: Duration,
+    pub scale_events: u32,
+    pub settled: bool,
+    pub interrupted: bool,
+    /// Requests the clients saw answered, and the backends' exact inbound total.
+    pub answered: u64,
+    pub counted_inbound: u64,
+}
+
+/// An nginx started from a config of ours, owned without borrowing its pod.
+struct Server {
+    // Field order: the process stops before its directory is removed.
+    process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(pod: &Pod<'_>, label: &str, server_block: &str, extra_http: &str) -> Result<Self> {
+        let dir = TempDir::new(label)?;
+        let d = dir.path().display();
+        let config = format!(
+            "daemon off; master_process on; worker_processes 1; user root;\n\
+             pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             {extra_http}\n server {{ listen 80; {server_block} }} }}\n"
+        );
+        let config_path = dir.write("nginx.conf", &config)?;
+        let mut command = pod.command("nginx")?;
+        command
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut process = ChildGuard::spawn(command, format!("nginx {label}"))?;
+        let pid = process.pid();
+        let up = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            crate::nginx::listening_tcp_ports(pid).contains(&80)
+        });
+        if !up || process.try_wait()?.is_some() {
+            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            bail!("nginx {label} did not start:\n{log}\n{config}");
+        }
+        Ok(Self { process, _dir: dir })
+    }
+
+    /// Makes nginx re-read its configuration (new workers; old ones finish their requests).
+    fn reload(&mut self) -> Result<()> {
+        self.process.signal(libc::SIGHUP)
+    }
+}
+
+struct Replica<'c> {
+    // Field order: nginx stops before its pod goes.
+    _server: Server,
+    pod: Pod<'c>,
+}
+
+struct Backend<'c> {
+    spec: BackendSpec,
+    replicas: Vec<Replica<'c>>,
+    next_id: u32,
+    ingress: Server,
+    /// Holds the ingress's upstream list, rewritten on every scale.
+    upstream_dir: TempDir,
+    ingress_pod: Pod<'c>,
+    client: Pod<'c>,
+    load: Option<ChildGuard>,
+}
+
+const UPSTREAM_FILE: &str = "upstream.conf";
+
+fn start_replica<'c>(cluster: &'c Cluster, name: &str) -> Result<Replica<'c>> {
+    let pod = cluster.pod(NAMESPACE, name)?;
+    let server = Server::start(&pod, name, "location / { return 200 \"ok\\n\"; }", "")?;
+    Ok(Replica {
+        _server: server,
+        pod,
+    })
+}
+
+fn write_upstream(dir: &TempDir, replicas: &[Replica<'_>]) -> Result<std::path::PathBuf> {
+    let servers: String = replicas
+        .iter()
+        .map(|r| format!("server {}:80;\n", r.pod.ip()))
+        .collect();
+    dir.write(UPSTREAM_FILE, servers)
+}
+
+impl<'c> Backend<'c> {
+    fn start(cluster: &'c Cluster, spec: BackendSpec) -> Result<Self> {
+        let n = spec.name.clone();
+        let client = cluster.pod(NAMESPACE, &format!("client-{n}"))?;
+        let ingress_pod = cluster.pod(NAMESPACE, &format!("ingress-{n}"))?;
+        let replicas = vec![start_replica(cluster, &format!("{n}-0"))?];
+        let upstream_dir = TempDir::new(&format!("upstream-{n}"))?;
+        let upstream = write_upstream(&upstream_dir, &replicas)?;
+        let ingress = Server::start(
+            &ingress_pod,
+            &format!("ingress-{n}"),
+            // One request in, one request out: round robin over the backends, keep-alive both ways.
+            "location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+            &format!(
+                "upstream backends {{ include {}; keepalive 64; }}",
+                upstream.display()
+            ),
+        )?;
+        Ok(Self {
+            spec,
+            replicas,
+            next_id: 1,
+            ingress,
+            upstream_dir,
+            ingress_pod,
+            client,
+            load: None,
+        })
+    }
+
+    /// Brings the replica count to `desired`; the ingress stops sending to a pod before it goes.
+    fn scale(&mut self, cluster: &'c Cluster, desired: u32) -> Result<()> {
+        let desired = desired.max(1) as usize;
+        if desired == self.replicas.len() {
+            return Ok(());
+        }
+        let mut leaving = Vec::new();
+        while self.replicas.len() > desired {
+            leaving.extend(self.replicas.pop());
+        }
+        while self.replicas.len() < desired {
+            let name = format!("{}-{}", self.spec.name, self.next_id);
+            self.next_id += 1;
+            self.replicas.push(start_replica(cluster, &name)?);
+        }
+        write_upstream(&self.upstream_dir, &self.replicas)?;
+        self.ingress.reload()?;
+        // Let the old ingress worker finish with the leaving pods before they stop.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(leaving);
+        Ok(())
+    }
+
+    fn start_load(&mut self, duration: Duration) -> Result<()> {
+        let workers = self.spec.rate.clamp(1, 5);
+        let per_worker = (self.spec.rate / workers).max(1);
+        let mut command = self.client.command("hey")?;
+        command
+            .args([
+                "-z",
+                &format!("{}s", duration.as_secs()),
+                "-c",
+                &workers.to_string(),
+            ])
+            .args(["-q", &per_worker.to_string(), &self.ingress_pod.url("/")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        self.load = Some(ChildGuard::spawn(
+            command,
+            format!("hey {}", self.spec.name),
+        )?);
+        Ok(())
+    }
+
+    /// Stops the load (SIGINT: hey prints its summary) and returns the requests answered.
+    fn stop_load(&mut self) -> Result<u64> {
+        let Some(mut load) = self.load.take() else {
+            return Ok(0);
+        };
+        load.signal(libc::SIGINT)?;
+        load.wait_timeout(Duration::from_secs(20))?;
+        let mut out = String::new();
+        if let Some(stdout) = load.child_mut().stdout.as_mut() {
+            std::io::Read::read_to_string(stdout, &mut out)?;
+        }
+        Ok(parse_hey(&out)?.completed())
+    }
+}
+
+fn rate_of(entry: &Value, flow: &str) -> Option<f64> {
+    entry[flow]["rate"].as_f64()
+}
+
+/// Runs the scenario. `on_sync` sees every sync; `stop` ends it early (Ctrl-C).
+pub fn run(
+    scenario: &Scenario,
+    stop: &AtomicBool,
+    mut on_sync: impl FnMut(&SyncReport),
+) -> Result<Outcome> {
+    let cluster = Cluster::new()?;
+    let mut backends = Vec::new();
+    for spec in &scenario.backends {
+        backends.push(Backend::start(&cluster, spec.clone())?);
+    }
+    let window = scenario.rate_window_secs.to_string();
+    let agent = AgentProcess::start(cluster.cgroup_root(), &["--rate-window-secs", &window])?;
+    let specs: Vec<WorkloadSpec> = scenario
+        .backends
+        .iter()
+        .map(|b| WorkloadSpec {
+            name: b.name.clone(),
+            namespace: NAMESPACE.to_owned(),
+            pod_prefix: None,
+            target_per_pod: b.target_per_pod,
+            min_replicas: 1,
+            max_replicas: b.max_replicas,
+            behavior: None,
+        })
+        .collect();
+    let mut recommender = Recommender::new(specs.clone())?;
+
+    let started = Instant::now();
+    for backend in &mut backends {
+        backend.start_load(scenario.max_duration + Duration::from_secs(30))?;
+    }
+    let (mut sync, mut stable, mut scale_events) = (0u32, 0u32, 0u32);
+    let mut last_scale = Duration::ZERO;
+    let mut double_counted = BTreeMap::new();
+    let mut interrupted = false;
+    loop {
+        // Sleep in small steps so Ctrl-C is prompt.
+        let next = scenario.sync_period * (sync + 1);
+        while started.elapsed() < next {
+            if stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if interrupted {
+            break;
+        }
+        sync += 1;
+        let pods = agent.get("/v1/pods")?;
+        let entries: Vec<&Value> = pods["pods"].as_array().into_iter().flatten().collect();
+        let entry = |name: &str| {
+            entries
+                .iter()
+                .find(|p| p["namespace"] == NAMESPACE && p["name"] == name)
+                .copied()
+        };
+
+        let mut observed = Vec::new();
+        let mut shadow_pods = Vec::new();
+        for backend in &backends {
+            let rates: Vec<(String, Option<f64>)> = backend
+                .replicas
+                .iter()
+                .map(|r| {
+                    (
+                        r.pod.name().to_owned(),
+                        entry(r.pod.name()).and_then(|e| rate_of(e, "inbound")),
+                    )
+                })
+                .collect();
+            // The both-ends view: each pod's server-side count plus its share of the ingress's
+            // client-side count for the same requests.
+            let inbound_sum: f64 = rates.iter().filter_map(|(_, r)| *r).sum();
+            let ingress_out = entry(backend.ingress_pod.name())
+                .and_then(|e| rate_of(e, "outbound"))
+                .unwrap_or(0.0);
+            let factor = if inbound_sum > 0.0 {
+                1.0 + ingress_out / inbound_sum
+            } else {
+                1.0
+            };
+            for (name, rate) in &rates {
+                observed.push(PodRate {
+                    namespace: NAMESPACE.into(),
+                    name: name.clone(),
+                    rate: *rate,
+                    ready: true,
+                });
+                shadow_pods.push(PodRate {
+                    namespace: NAMESPACE.into(),
+                    name: name.clone(),
+                    rate: rate.map(|r| r * factor),
+                    ready: true,
+                });
+            }
+        }
+        let current: BTreeMap<String, u32> = backends
+            .iter()
+            .map(|b| (b.spec.name.clone(), b.replicas.len() as u32))
+            .collect();
+        let now = started.elapsed();
+        let decisions = recommender.sync(now, &observed, &current);
+        // What a double-counting source would decide from the same pods (shown, not applied).
+        let shadow = Recommender::new(specs.clone())?.sync(now, &shadow_pods, &current);
+
+        let mut statuses = Vec::new();
+        let mut changed = false;
+        for ((backend, rec), shadow) in backends.iter_mut().zip(&decisions).zip(&shadow) {
+            let values: Vec<f64> = shadow.pods.iter().filter_map(|p| p.rate).collect();
+            let per_pod = if values.is_empty() {
+                0.0
+            } else {
+                values.iter().sum::<f64>() / values.len() as f64
+            };
+            double_counted.insert(backend.spec.name.clone(), shadow.desired_replicas);
+            statuses.push(BackendStatus {
+                name: backend.spec.name.clone(),
+                target_per_pod: backend.spec.target_per_pod,
+                pods: rec.pods.iter().map(|p| (p.name.clone(), p.rate)).collect(),
+                replicas: rec.current_replicas,
+                desired: rec.desired_replicas,
+                reason: rec.reason.clone(),
+                double_counted_per_pod: per_pod,
+                double_counted_desired: shadow.desired_replicas,
+            });
+            if rec.desired_replicas != rec.current_replicas {
+                backend.scale(&cluster, rec.desired_replicas)?;
+                scale_events += 1;
+                changed = true;
+            }
+        }
+        if changed {
+            stable = 0;
+            last_scale = now;
+        } else {
+            stable += 1;
+        }
+        on_sync(&SyncReport {
+            elapsed: now,
+            sync,
+            backends: statuses,
+            stable_syncs: stable,
+            settle_syncs: scenario.settle_syncs,
+        });
+        if stable >= scenario.settle_syncs || started.elapsed() >= scenario.max_duration {
+            break;
+        }
+    }
+
+    let mut answered = 0;
+    for backend in &mut backends {
+        answered += backend.stop_load()?;
+    }
+    // Let the last counter read and the ingresses' last requests land.
+    std::thread::sleep(Duration::from_millis(800));
+    let pods = agent.get("/v1/pods")?;
+    let counted_inbound = pods["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ingress-"))
+        })
+        .filter_map(|p| p["inbound"]["requests"].as_u64())
+        .sum();
+    Ok(Outcome {
+        final_replicas: backends
+            .iter()
+            .map(|b| (b.spec.name.clone(), b.replicas.len() as u32))
+            .collect(),
+        double_counted_replicas: double_counted,
+        time_to_equilibrium: last_scale,
+        scale_events,
+        settled: stable >= scenario.settle_syncs,
+        interrupted,
+        answered,
+        counted_inbound,
+    })
+}
