@@ -31,6 +31,7 @@ pub mod agent;
 pub mod autoscale;
 pub mod cgroup;
 pub mod clients;
+pub mod control_plane;
 pub mod hostnet;
 pub mod lock;
 pub mod loss;
