@@ -445,6 +445,24 @@ pub fn run(
         }
     }
 
+    let final_replicas: BTreeMap<String, u32> = backends
+        .iter()
+        .map(|b| (b.spec.name.clone(), b.replicas.len() as u32))
+        .collect();
+    if interrupted {
+        // Ctrl-C reached the whole process group: hey and the agent are stopping too. The guards
+        // remove everything on the way out.
+        return Ok(Outcome {
+            final_replicas,
+            double_counted_replicas: double_counted,
+            time_to_equilibrium: last_scale,
+            scale_events,
+            settled: false,
+            interrupted,
+            answered: 0,
+            counted_inbound: 0,
+        });
+    }
     let mut answered = 0;
     for backend in &mut backends {
         answered += backend.stop_load()?;
