@@ -9,7 +9,8 @@
 //! series; [`node`] keeps those in step; [`api`] serves them; [`agent`] runs it all, reading the
 //! ring buffer's fill ([`ring_fill`]) and the connection table's size ([`connection_table`]).
 //! [`hpa`] models the HorizontalPodAutoscaler's replica decisions for the metrics podmeter
-//! serves, and [`recommend`] applies it to live per-pod rates.
+//! serves, and [`recommend`] applies it to live per-pod rates. [`metrics_api`] serves the
+//! Kubernetes custom and external metrics APIs (TLS, delegated authentication and authorisation).
 
 pub mod agent;
 pub mod api;
@@ -23,6 +24,7 @@ pub mod events;
 pub mod flows;
 pub mod hpa;
 pub mod metrics;
+pub mod metrics_api;
 pub mod node;
 pub mod pods;
 pub mod preflight;
