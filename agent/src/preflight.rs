@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 
 /// Capabilities the agent needs (bit numbers from linux/capability.h).
 const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
@@ -66,7 +66,10 @@ pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
             source: std::io::Error::last_os_error(),
         });
     }
-    if st.f_type == CGROUP2_SUPER_MAGIC {
+    // `f_type` is i64 with glibc and u64 with musl (the static image build).
+    #[allow(clippy::unnecessary_cast, reason = "the cast is needed with glibc, not musl")]
+    let f_type = st.f_type as u64;
+    if f_type == CGROUP2_SUPER_MAGIC {
         Ok(())
     } else {
         Err(Error::NotCgroup2 {

@@ -1,0 +1,100 @@
+//! The deploy bundle renders with kustomize and is accepted by a real kube-apiserver
+//! (`kubectl apply --dry-run=server`), on what a 1.20 server supports.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use podmeter_tests::{TempDir, control_plane::ControlPlane, run, run_with_input, serial};
+
+/// Copies `deploy/` to a scratch directory so the self-signed overlay's certificates are made
+/// there, not in the source tree.
+fn scratch_deploy() -> TempDir {
+    let dir = TempDir::new("deploy").expect("temp dir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut cp = Command::new("cp");
+    cp.arg("-r").arg(&source).arg(dir.path());
+    assert!(run(cp, Duration::from_secs(10)).expect("cp").success());
+    let mut generate = Command::new("bash");
+    generate.arg(
+        dir.path()
+            .join("deploy/overlays/self-signed/generate-certs.sh"),
+    );
+    let out = run(generate, Duration::from_secs(30)).expect("generate-certs.sh");
+    assert!(out.success(), "{}", out.stderr);
+    dir
+}
+
+fn kustomize(dir: &Path) -> String {
+    let mut kubectl = Command::new("kubectl");
+    kubectl.arg("kustomize").arg(dir);
+    let out = run(kubectl, Duration::from_secs(30)).expect("kubectl kustomize");
+    assert!(out.success(), "kustomize {}: {}", dir.display(), out.stderr);
+    out.stdout
+}
+
+#[test]
+fn the_bundle_renders_and_the_api_server_accepts_it() {
+    let _serial = serial();
+    let scratch = scratch_deploy();
+    let deploy = scratch.path().join("deploy");
+    let rendered = kustomize(&deploy.join("overlays/self-signed"));
+    for kind in [
+        "kind: DaemonSet",
+        "kind: Deployment",
+        "kind: APIService",
+        "name: v1beta2.custom.metrics.k8s.io",
+        "name: system:auth-delegator",
+        "name: extension-apiserver-authentication-reader",
+        "caBundle: ",
+    ] {
+        assert!(rendered.contains(kind), "{kind} missing from:\n{rendered}");
+    }
+    // The cert-manager overlay renders too (its CRDs are not on the test server).
+    let cert_manager = kustomize(&deploy.join("overlays/cert-manager"));
+    assert!(
+        cert_manager
+            .contains("cert-manager.io/inject-ca-from: podmeter-system/podmeter-metrics-api")
+    );
+
+    let control_plane = ControlPlane::start().expect("control plane");
+    // The namespace first: a server-side dry run does not create it for the namespaced objects.
+    let namespace =
+        std::fs::read_to_string(deploy.join("base/namespace.yaml")).expect("namespace.yaml");
+    control_plane.apply(&namespace).expect("namespace");
+    let dry_run = |yaml: &str| {
+        let mut kubectl = Command::new("kubectl");
+        kubectl
+            .args(["--kubeconfig"])
+            .arg(control_plane.kubeconfig())
+            .args(["apply", "--dry-run=server", "-f", "-"]);
+        let out = run_with_input(kubectl, yaml.as_bytes(), Duration::from_secs(60))
+            .expect("kubectl apply");
+        assert!(
+            out.success(),
+            "server dry run rejected:\n{}\n{}",
+            out.stderr,
+            yaml
+        );
+        out.stdout
+    };
+    let accepted = dry_run(&rendered);
+    for object in [
+        "daemonset.apps/podmeter-agent",
+        "deployment.apps/podmeter-metrics-api",
+        "apiservice.apiregistration.k8s.io/v1beta1.custom.metrics.k8s.io",
+        "clusterrolebinding.rbac.authorization.k8s.io/podmeter-metrics-api:system:auth-delegator",
+    ] {
+        assert!(
+            accepted.contains(object),
+            "{object} not accepted:\n{accepted}"
+        );
+    }
+    // The example HPAs are autoscaling/v2 (GA in 1.23); their Pods metric spec is the same in
+    // v2beta2, which this 1.20 server serves.
+    let hpas =
+        std::fs::read_to_string(deploy.join("examples/hpa-reference.yaml")).expect("hpa example");
+    let accepted = dry_run(&hpas.replace("autoscaling/v2\n", "autoscaling/v2beta2\n"));
+    assert!(
+        accepted.contains("horizontalpodautoscaler.autoscaling/backend-2"),
+        "{accepted}"
+    );
+}
