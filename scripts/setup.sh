@@ -11,7 +11,7 @@ cd "$root"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages used by tests, the demo and the benchmarks.
-packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps)
+packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps musl-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +31,12 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1 \
   || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^rust-src'; then
   log "installing toolchain $toolchain"
   rustup toolchain install "$toolchain" --profile minimal --component rust-src,rustfmt,clippy >/dev/null
+fi
+
+# The static (musl) target of the container image's binary (`cargo xtask image`).
+if ! rustup target list --toolchain "$toolchain" --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  log "adding the x86_64-unknown-linux-musl target"
+  rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl >/dev/null
 fi
 
 # bpf-linker, linked against the toolchain's own libLLVM (no system LLVM needed).

@@ -5,7 +5,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     os::fd::AsFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -30,11 +30,14 @@ use crate::{
     ebpf::{MapSizes, Probes},
     events,
     flows::Flows,
+    identity::{
+        Identity, IdentityKind, KubernetesIdentity, LocalIdentity, kubernetes::KubernetesError,
+    },
     metrics::{
         Metrics,
         health::{self, AgentInfo},
     },
-    pods::{Identity, PodId},
+    pods::PodId,
     preflight,
     rates::{RateWindow, Rates},
     ring_fill::RingFill,
@@ -55,8 +58,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// An extra address serving only `/metrics` and `/healthz`.
     pub metrics_listen: Option<SocketAddr>,
-    /// Optional identity file (see [`crate::pods`]).
+    /// Which source names pods (see [`crate::identity`]).
+    pub identity: IdentityKind,
+    /// Identity file for `IdentityKind::File` (see [`crate::identity::local`]).
     pub identity_file: Option<PathBuf>,
+    /// This node's name, for `IdentityKind::Kubernetes` (its pods are watched).
+    pub node_name: Option<String>,
     /// How often the kernel counters are read.
     pub poll_interval: Duration,
     /// How long a pod whose cgroups are gone keeps its series.
@@ -68,6 +75,8 @@ pub struct Config {
     pub route_labels: bool,
     /// Distinct routes per pod and direction before the rest go to `other`.
     pub max_routes_per_pod: usize,
+    /// Authentication of the API's callers (`listen`; `metrics_listen` stays open).
+    pub api_auth: crate::api_auth::ApiAuth,
 }
 
 impl Default for Config {
@@ -78,7 +87,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             // /metrics is served on `listen` too; a second address is only for splitting them.
             metrics_listen: None,
+            // Without a cluster, directory names are the only source that needs nothing.
+            identity: IdentityKind::CgroupDirs,
             identity_file: None,
+            // Only the Kubernetes identity needs it; it comes from the downward API there.
+            node_name: None,
             // Four reads a second: a served request shows within 250 ms.
             poll_interval: Duration::from_millis(250),
             // Long enough for a final scrape after a pod is deleted.
@@ -90,6 +103,8 @@ impl Default for Config {
             route_labels: false,
             // 50 routes x 21 histogram series stays near a thousand series per pod and side.
             max_routes_per_pod: usize::from(routes::DEFAULT_CAP),
+            // Loopback by default; a cluster install turns on TokenReview.
+            api_auth: crate::api_auth::ApiAuth::None,
         }
     }
 }
@@ -110,7 +125,8 @@ impl Resolver {
             .cgroups
             .path(cgroup_id)
             .and_then(|p| self.identity.pod_of_cgroup(p));
-        // Unknown ids are not cached: the cgroup may appear in the next scan.
+        // Unknown ids are not cached: the cgroup may appear in the next scan, and its pod in the
+        // Kubernetes store a moment after its cgroup.
         if pod.is_some() {
             self.cache.insert(cgroup_id, pod.clone());
         }
@@ -131,10 +147,7 @@ pub async fn run(
         None => preflight::cgroup2_mount()?,
     };
     preflight::check_cgroup2(&root)?;
-    let identity = match &config.identity_file {
-        Some(f) => Identity::from_file(f, &root)?,
-        None => Identity::default(),
-    };
+    let identity = identity(&config, &root).await?;
 
     let Probes {
         programs,
@@ -200,11 +213,14 @@ pub async fn run(
         )));
         info!(%addr, "serving /metrics");
     }
+    let app = crate::api_auth::protect_api(crate::api::router(shared.clone()), &config.api_auth)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
     servers.push(tokio::spawn(crate::api::serve(
         listener,
-        crate::api::router(shared.clone()),
+        app,
         stopped(api_stopped.clone()),
     )));
     on_listening(addr);
@@ -269,6 +285,53 @@ pub async fn run(
         let _ = server.await;
     }
     Ok(())
+}
+
+/// How long the first list of this node's pods may take before the agent gives up.
+const PODS_LISTED_WITHIN: Duration = Duration::from_secs(30);
+
+/// The identity source `config` asks for; the Kubernetes one once this node's pods are listed,
+/// so that the first counts read are booked to named pods.
+async fn identity(config: &Config, root: &Path) -> Result<Identity, Error> {
+    let local = |file: Option<&PathBuf>| -> Result<Identity, Error> {
+        Ok(Identity::Local(match file {
+            Some(f) => LocalIdentity::from_file(f, root)?,
+            None => LocalIdentity::default(),
+        }))
+    };
+    match config.identity {
+        IdentityKind::File => match &config.identity_file {
+            Some(f) => local(Some(f)),
+            None => Err(Error::Io(std::io::Error::other(
+                "--identity file needs --identity-file PATH",
+            ))),
+        },
+        IdentityKind::CgroupDirs => local(config.identity_file.as_ref()),
+        IdentityKind::Kubernetes => {
+            if let Some(f) = &config.identity_file {
+                warn!(file = %f.display(), "--identity kubernetes ignores the identity file");
+            }
+            let kubernetes = async {
+                let node = config
+                    .node_name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .ok_or(KubernetesError::NoNodeName)?;
+                let pods = KubernetesIdentity::connect(node).await?;
+                pods.ready(PODS_LISTED_WITHIN).await?;
+                info!(
+                    node,
+                    pods = pods.len(),
+                    "pod identity from the Kubernetes API"
+                );
+                Ok::<_, KubernetesError>(Identity::Kubernetes(pods))
+            };
+            // The library's error type has no Kubernetes variant; the message says it all.
+            kubernetes
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {

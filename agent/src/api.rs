@@ -17,7 +17,7 @@ use crate::{
     agent::Shared,
     dedup::Flow,
     metrics::exposition::{self, Format},
-    pods::PodId,
+    pods::{PodId, Workload},
     rates::Rates,
     traffic::{FlowTotals, Observed, PodTraffic},
 };
@@ -91,6 +91,9 @@ impl FlowReply {
 struct PodReply {
     namespace: String,
     name: String,
+    /// The owning workload (`{"kind": "Deployment", "name": "web"}`) with the Kubernetes
+    /// identity; `null` when the source does not know it.
+    workload: Option<Workload>,
     inbound: FlowReply,
     outbound: FlowReply,
     loopback_inbound: FlowReply,
@@ -136,6 +139,7 @@ async fn pods(State(shared): State<Shared>) -> Json<PodsReply> {
             PodReply {
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
+                workload: id.workload.clone(),
                 inbound,
                 outbound,
                 loopback_inbound,

@@ -10,10 +10,13 @@
 //! ring buffer's fill ([`ring_fill`]) and the connection table's size ([`connection_table`]).
 //! [`hpa`] models the HorizontalPodAutoscaler's replica decisions for the metrics podmeter
 //! serves, and [`recommend`] applies it to live per-pod rates. [`metrics_api`] serves the
-//! Kubernetes custom and external metrics APIs (TLS, delegated authentication and authorisation).
+//! Kubernetes custom and external metrics APIs (TLS, delegated authentication and authorisation);
+//! [`aggregator`] is the `podmeter metrics-api` process that feeds it from every node agent.
 
 pub mod agent;
+pub mod aggregator;
 pub mod api;
+pub mod api_auth;
 pub mod cgroups;
 pub mod connection_table;
 pub mod counters;
@@ -23,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod flows;
 pub mod hpa;
+pub mod identity;
 pub mod metrics;
 pub mod metrics_api;
 pub mod node;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use podmeter::{agent, ebpf::MapSizes, rates::RateWindow, routes};
+use podmeter::{agent, ebpf::MapSizes, identity::IdentityKind, rates::RateWindow, routes};
 
 #[derive(Parser)]
 #[command(
@@ -30,9 +30,17 @@ enum Command {
         /// Prometheus while the JSON API stays on loopback).
         #[arg(long, env = "PODMETER_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Which source names pods (default: kubernetes in a cluster, i.e. when
+        /// KUBERNETES_SERVICE_HOST is set; file when --identity-file is given; else cgroup-dirs).
+        #[arg(long, env = "PODMETER_IDENTITY", value_enum)]
+        identity: Option<IdentityKind>,
         /// Identity file mapping cgroups and addresses to pods (TOML).
         #[arg(long, env = "PODMETER_IDENTITY_FILE")]
         identity_file: Option<PathBuf>,
+        /// This node's name: the Kubernetes identity watches only its pods (set NODE_NAME from
+        /// the downward API, fieldRef spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
         /// How often the kernel counters are read, in milliseconds.
         #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
         poll_ms: u64,
@@ -52,6 +60,13 @@ enum Command {
         #[arg(long, default_value_t = routes::DEFAULT_CAP,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         max_routes_per_pod: u16,
+        /// Require a bearer token checked with TokenReview on the API address (`--listen`;
+        /// `/healthz` and `--metrics-listen` stay open).
+        #[arg(long, env = "PODMETER_API_AUTH", value_enum, default_value = "none")]
+        api_auth: ApiAuthFlag,
+        /// Kubeconfig for `--api-auth token-review` (default: in-cluster or $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Show per-pod counts and rates of a running agent.
     Top {
@@ -80,6 +95,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: podmeter::recommend::command::Output,
     },
+    /// Serve custom.metrics.k8s.io (v1beta1, v1beta2) and external.metrics.k8s.io to the
+    /// HorizontalPodAutoscaler, collecting every node agent's per-pod rates.
+    MetricsApi(podmeter::aggregator::command::Args),
+}
+
+/// `--api-auth`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiAuthFlag {
+    None,
+    TokenReview,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -109,7 +134,9 @@ fn main() -> ExitCode {
         Command::Agent {
             cgroup_root,
             listen,
+            identity,
             identity_file,
+            node_name,
             poll_ms,
             pod_grace_secs,
             ring_mib,
@@ -117,12 +144,20 @@ fn main() -> ExitCode {
             rate_window_secs,
             route_labels,
             max_routes_per_pod,
+            api_auth,
+            kubeconfig,
         } => {
             let config = agent::Config {
                 cgroup_root,
                 listen,
                 metrics_listen,
+                identity: IdentityKind::choose(
+                    identity,
+                    identity_file.is_some(),
+                    IdentityKind::in_cluster(),
+                ),
                 identity_file,
+                node_name,
                 poll_interval: Duration::from_millis(poll_ms),
                 pod_grace: Duration::from_secs(pod_grace_secs),
                 map_sizes: MapSizes {
@@ -132,6 +167,12 @@ fn main() -> ExitCode {
                 rate_window: rate_window_secs,
                 route_labels,
                 max_routes_per_pod: usize::from(max_routes_per_pod),
+                api_auth: match api_auth {
+                    ApiAuthFlag::None => podmeter::api_auth::ApiAuth::None,
+                    ApiAuthFlag::TokenReview => {
+                        podmeter::api_auth::ApiAuth::TokenReview { kubeconfig }
+                    }
+                },
             };
             run_agent(config)
         }
@@ -150,6 +191,9 @@ fn main() -> ExitCode {
             watch,
             output,
         } => podmeter::recommend::command::run(agent.trim_end_matches('/'), &spec, watch, output),
+        Command::MetricsApi(args) => {
+            podmeter::aggregator::command::run_args(args).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

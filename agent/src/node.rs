@@ -3,6 +3,7 @@
 //! at the same moment.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -73,13 +74,18 @@ impl NodeState {
                 .iter()
                 .map(|(pod, flow, delta)| (pod.as_ref(), *flow, delta.requests)),
         );
+        // Pods of one name share their series (a StatefulSet's pod created again while the old
+        // one's numbers are kept): their gauge is the sum, not whichever is set last.
+        let mut by_name: HashMap<(&str, &str), [f64; 2]> = HashMap::new();
         for pod in self.rates.pods() {
-            self.metrics
-                .server
-                .set_rate(pod, self.rates.rate(Some(pod), Flow::Inbound));
-            self.metrics
-                .client
-                .set_rate(pod, self.rates.rate(Some(pod), Flow::Outbound));
+            let sum = by_name.entry((&pod.namespace, &pod.name)).or_default();
+            sum[0] += self.rates.rate(Some(pod), Flow::Inbound);
+            sum[1] += self.rates.rate(Some(pod), Flow::Outbound);
+        }
+        for pod in self.rates.pods() {
+            let [inbound, outbound] = by_name[&(pod.namespace.as_str(), pod.name.as_str())];
+            self.metrics.server.set_rate(pod, inbound);
+            self.metrics.client.set_rate(pod, outbound);
         }
     }
 
@@ -113,6 +119,19 @@ impl NodeState {
                 routes.remove(pod);
             }
             self.metrics.remove(pod);
+            // A pod of the same name and another UID (a StatefulSet's pod created again) shares
+            // the removed series, which carry only namespace and name: its series start afresh
+            // at its next booking instead of counting into series no longer exported.
+            let successors: Vec<PodId> = self
+                .traffic
+                .pods()
+                .map(|(p, _)| p)
+                .filter(|p| p.namespace == pod.namespace && p.name == pod.name)
+                .cloned()
+                .collect();
+            for successor in &successors {
+                self.metrics.remove(successor);
+            }
         }
         self.health.pods_removed += removed.len() as u64;
         removed
@@ -283,6 +302,45 @@ mod tests {
         assert_eq!(s.health.pods_removed, 1);
         s.refresh_health_metrics();
         assert!(scrape(&registry).contains("podmeter_pods_removed_total 1\n"));
+    }
+
+    #[test]
+    fn a_pod_created_again_under_its_name_keeps_exported_series() {
+        let (mut s, registry, t0) = state(None);
+        let with_uid = |uid: &str| PodId {
+            uid: Some(uid.to_owned()),
+            ..PodId::new("shop", "web-0")
+        };
+        let (old, new) = (with_uid("1"), with_uid("2"));
+        s.book_counts(
+            t0 + Duration::from_secs(1),
+            &[(Some(old.clone()), Flow::Inbound, served(3))],
+        );
+        s.book_counts(
+            t0 + Duration::from_secs(2),
+            &[(Some(new.clone()), Flow::Inbound, served(2))],
+        );
+        assert_eq!(s.traffic.get(&new).map(|t| t.inbound.requests), Some(2));
+        let alive = |p: &PodId| p == &new;
+        let grace = Duration::from_secs(60);
+        assert!(
+            s.sweep(alive, t0 + Duration::from_secs(3), grace)
+                .is_empty()
+        );
+        let removed = s.sweep(alive, t0 + Duration::from_secs(70), grace);
+        assert_eq!(removed, vec![old]);
+        s.book_counts(
+            t0 + Duration::from_secs(71),
+            &[(Some(new.clone()), Flow::Inbound, served(1))],
+        );
+        let text = scrape(&registry);
+        assert!(
+            text.contains(
+                "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web-0\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(s.traffic.get(&new).map(|t| t.inbound.requests), Some(3));
     }
 
     #[test]

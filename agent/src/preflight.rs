@@ -67,7 +67,10 @@ pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
         });
     }
     // `f_type` is i64 with glibc and u64 with musl (the static image build).
-    #[allow(clippy::unnecessary_cast, reason = "the cast is needed with glibc, not musl")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the cast is needed with glibc, not musl"
+    )]
     let f_type = st.f_type as u64;
     if f_type == CGROUP2_SUPER_MAGIC {
         Ok(())

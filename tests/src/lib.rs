@@ -35,6 +35,7 @@ pub mod control_plane;
 pub mod hostnet;
 pub mod lock;
 pub mod loss;
+pub mod metrics_api;
 mod names;
 pub mod netns;
 pub mod nginx;

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask test | lint | demo`. `./run <task>` installs what is missing first.
+//! Project tasks: `cargo xtask test | lint | demo | image`. `./run <task>` installs what is missing first.
 
 mod demo;
+mod image;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Task {
     },
     /// The local demo: netns pods with real nginx, hey load, and the agent counting each request once.
     Demo(demo::Args),
+    /// The image's static binary (musl) in target/image, and the image where a container engine runs.
+    Image(image::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
             test::test(&args)
         }
         Task::Demo(args) => demo::run(&args),
+        Task::Image(args) => image::run(&args),
     }
 }

@@ -1,0 +1,221 @@
+//! Which pod a cgroup or an address belongs to. Two sources: the Kubernetes API (this node's
+//! pods, watched; [`kubernetes`]) or, without a cluster, an identity file and cgroup directory
+//! names ([`local`]). [`cgroup_path`] reads the pod UID out of the kubelet's cgroup names.
+
+pub mod cgroup_path;
+pub mod kubernetes;
+pub mod local;
+
+use std::{
+    cmp::Ordering,
+    fmt,
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use kubernetes::KubernetesIdentity;
+pub use local::LocalIdentity;
+
+/// A pod: its name, and with the Kubernetes source its UID and owning workload.
+///
+/// Two `PodId`s are the same pod when namespace, name and UID agree: a pod deleted and created
+/// again under the same name (a StatefulSet's `web-0`) is a new pod and starts from zero. The
+/// workload is descriptive and takes no part in equality.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodId {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+impl PodId {
+    /// A pod known by name only (the identity file, cgroup directory names, tests).
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: None,
+            workload: None,
+        }
+    }
+
+    fn key(&self) -> (&str, &str, Option<&str>) {
+        (&self.namespace, &self.name, self.uid.as_deref())
+    }
+}
+
+impl PartialEq for PodId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for PodId {}
+
+impl Hash for PodId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialOrd for PodId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PodId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl fmt::Display for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The controller a pod belongs to: `Deployment` (through its ReplicaSet), `StatefulSet`,
+/// `DaemonSet`, `Job`, or whatever other kind owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Workload {
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// Which source names pods (`--identity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityKind {
+    /// This node's pods from the Kubernetes API, matched by the pod UID in cgroup names.
+    Kubernetes,
+    /// The `--identity-file` entries first, then cgroup directory names.
+    File,
+    /// cgroup directory names: `<namespace>/<pod>/...`.
+    CgroupDirs,
+}
+
+impl IdentityKind {
+    /// The source when `--identity` is not given: an identity file if one is named, Kubernetes
+    /// inside a cluster (`KUBERNETES_SERVICE_HOST` is set in every pod), else directory names.
+    pub fn choose(flag: Option<Self>, identity_file: bool, in_cluster: bool) -> Self {
+        match flag {
+            Some(kind) => kind,
+            None if identity_file => Self::File,
+            None if in_cluster => Self::Kubernetes,
+            None => Self::CgroupDirs,
+        }
+    }
+
+    /// Whether this process runs in a Kubernetes pod.
+    pub fn in_cluster() -> bool {
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty())
+    }
+}
+
+impl fmt::Display for IdentityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kubernetes => "kubernetes",
+            Self::File => "file",
+            Self::CgroupDirs => "cgroup-dirs",
+        })
+    }
+}
+
+/// Labels and addresses of a pod, beyond its [`PodId`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub id: Option<PodId>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    pub host_network: bool,
+}
+
+/// The source the agent resolves pods with.
+pub enum Identity {
+    Local(LocalIdentity),
+    Kubernetes(KubernetesIdentity),
+}
+
+impl Identity {
+    /// The pod a cgroup (path relative to the attach root) belongs to.
+    pub fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
+        match self {
+            Self::Local(local) => local.pod_of_cgroup(rel),
+            Self::Kubernetes(k8s) => k8s.pod_of_cgroup(rel),
+        }
+    }
+
+    /// The pod an address belongs to now (never a deleted pod; never a hostNetwork pod).
+    pub fn pod_of_ip(&self, ip: &IpAddr) -> Option<PodId> {
+        match self {
+            Self::Local(local) => local.pod_of_ip(ip).cloned(),
+            Self::Kubernetes(k8s) => k8s.pod_of_ip(ip),
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(local) => f.debug_tuple("Local").field(local).finish(),
+            Self::Kubernetes(_) => f.write_str("Kubernetes"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_kind_defaults() {
+        use IdentityKind::*;
+        assert_eq!(IdentityKind::choose(None, false, true), Kubernetes);
+        assert_eq!(IdentityKind::choose(None, false, false), CgroupDirs);
+        assert_eq!(IdentityKind::choose(None, true, true), File);
+        assert_eq!(
+            IdentityKind::choose(Some(CgroupDirs), false, true),
+            CgroupDirs
+        );
+        assert_eq!(
+            IdentityKind::choose(Some(Kubernetes), false, false),
+            Kubernetes
+        );
+    }
+
+    #[test]
+    fn pods_are_equal_by_namespace_name_and_uid_only() {
+        let mut a = PodId::new("shop", "web-0");
+        a.uid = Some("1".into());
+        let mut b = a.clone();
+        b.workload = Some(Workload::new("StatefulSet", "web"));
+        assert_eq!(a, b);
+        let mut c = a.clone();
+        c.uid = Some("2".into());
+        assert_ne!(a, c, "same name, new pod");
+        assert_eq!(PodId::new("shop", "web-0"), PodId::new("shop", "web-0"));
+    }
+}

@@ -1,0 +1,210 @@
+//! `podmeter metrics-api` as a real process on loopback, registered with a [`ControlPlane`] as
+//! the aggregated API server of `custom.metrics.k8s.io` (v1beta1, v1beta2) and
+//! `external.metrics.k8s.io` (v1beta1): its RBAC, Service and APIServices.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    process::{Command, ExitStatus},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{AgentProcess, ChildGuard, control_plane::ControlPlane};
+
+/// Namespace and name of the metrics API's ServiceAccount and Service.
+pub const NAMESPACE: &str = "kube-system";
+pub const NAME: &str = "podmeter-metrics-api";
+/// How long the process may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `terminate` waits after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// The DNS names and address the apiserver's proxy may dial or verify: it verifies the serving
+/// certificate against `<service>.<namespace>.svc`, and connects to the ExternalName.
+pub fn serving_sans() -> Vec<String> {
+    vec![
+        format!("{NAME}.{NAMESPACE}.svc"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ]
+}
+
+/// RBAC for the metrics API's own identity (ServiceAccount `kube-system/podmeter-metrics-api`):
+/// delegated authentication and authorisation, the request-header ConfigMap, and read access to
+/// pods (labels) and EndpointSlices (agent discovery).
+pub const RBAC: &str = "\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: 'podmeter-metrics-api:system:auth-delegator'}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'system:auth-delegator'}
+subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: 'podmeter-metrics-api:auth-reader', namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}
+subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: 'podmeter-metrics-api'}
+rules:
+- {apiGroups: [''], resources: [pods], verbs: [get, list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: 'podmeter-metrics-api'}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'podmeter-metrics-api'}
+subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-system}]
+";
+
+/// Name of the node agent's ServiceAccount (in [`NAMESPACE`]) when its API checks tokens.
+pub const AGENT_NAME: &str = "podmeter-agent";
+
+/// RBAC for the node agent's identity when its API checks callers' tokens (TokenReview).
+pub const AGENT_RBAC: &str = "\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: 'podmeter-agent:system:auth-delegator'}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'system:auth-delegator'}
+subjects: [{kind: ServiceAccount, name: podmeter-agent, namespace: kube-system}]
+";
+
+/// The Service (ExternalName `localhost`, no kube-proxy needed) and the three APIServices, with
+/// `ca_bundle_pem` (the CA that signed the serving certificate) as their `caBundle`.
+pub fn registration(port: u16, ca_bundle_pem: &[u8]) -> String {
+    let ca = base64(ca_bundle_pem);
+    let mut yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {NAME}, namespace: {NAMESPACE}}}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports: [{{name: https, port: {port}, protocol: TCP}}]
+"
+    );
+    for (group, version, priority) in [
+        ("custom.metrics.k8s.io", "v1beta1", 100),
+        ("custom.metrics.k8s.io", "v1beta2", 200),
+        ("external.metrics.k8s.io", "v1beta1", 100),
+    ] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: {version}.{group}}}
+spec:
+  group: {group}
+  version: {version}
+  groupPriorityMinimum: 100
+  versionPriority: {priority}
+  caBundle: {ca}
+  service: {{name: {NAME}, namespace: {NAMESPACE}, port: {port}}}
+"
+        ));
+    }
+    yaml
+}
+
+/// Standard base64 with padding (the harness has no base64 crate).
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Whether APIService `name` reports `Available=True`, and its condition for messages.
+pub fn apiservice_available(cp: &ControlPlane, name: &str) -> Result<(bool, Value)> {
+    let service = cp.get_json(&format!(
+        "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+    ))?;
+    let condition = service["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Available"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    Ok((condition["status"] == "True", condition))
+}
+
+/// A running `podmeter metrics-api`; dropping it stops it.
+#[derive(Debug)]
+pub struct MetricsApiProcess {
+    process: ChildGuard,
+    port: u16,
+}
+
+impl MetricsApiProcess {
+    /// Starts `podmeter metrics-api --listen 127.0.0.1:<free port> <args>` and returns once the
+    /// port accepts connections.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("picking a free loopback port")?
+            .port();
+        let mut command = Command::new(AgentProcess::binary());
+        command
+            .arg("metrics-api")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .env("PODMETER_LOG", "info,podmeter=debug");
+        let mut process = ChildGuard::spawn_forwarding(command, "metrics-api")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = process.try_wait()? {
+                bail!("metrics-api exited before listening: {status}; see its lines above");
+            }
+            if Instant::now() >= deadline {
+                bail!("metrics-api did not listen on port {port} within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self { process, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends SIGTERM and returns the exit status (SIGKILL after 15 s).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.process.terminate(STOP_GRACE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, output) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(input.as_bytes()), output);
+        }
+    }
+}
