@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask test | lint | demo | image`. `./run <task>` installs what is missing first.
+//! Project tasks: `cargo xtask test | lint | demo | bench | image`. `./run <task>` installs what is missing first.
 
+mod bench;
 mod demo;
 mod image;
 mod test;
@@ -28,6 +29,9 @@ enum Task {
     },
     /// The local demo: netns pods with real nginx, hey load, and the agent counting each request once.
     Demo(demo::Args),
+    /// Measures podmeter against its performance targets; prints a table and writes
+    /// target/bench/summary.json (root; about 4 minutes after the builds, `--quick` about 70 s).
+    Bench(bench::Args),
     /// The image's static binary (musl) in target/image, and the image where a container engine runs.
     Image(image::Args),
 }
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             test::test(&args)
         }
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::Image(args) => image::run(&args),
     }
 }
