@@ -28,6 +28,21 @@ use crate::{
 /// Namespace of every scenario pod.
 pub const NAMESPACE: &str = "demo";
 
+/// Requests per second to each backend in the reference scenario: 49, not 50. At exactly 50 the
+/// HPA's step from 4 to 5 replicas is knife-edge for any metrics source (ceil(4 x usage/10) is 6
+/// as soon as the served total reads 50.001 req/s, and a windowed rate of bursty load reads about
+/// 1 % high or low), so a run could settle at 6. 49 keeps a 2 % margin and the same outcome: 2
+/// and 5 replicas, and 4 and 10 for a double-counting source.
+pub const REFERENCE_RATE: u32 = 49;
+
+/// hey paces each worker (`-q` is per worker): split `rate` into workers that divide it exactly
+/// (at most 8, e.g. 49 = 7 x 7, 50 = 5 x 10), so the total is `rate` and not a rounded-down one.
+pub fn hey_workers(rate: u32) -> (u32, u32) {
+    let rate = rate.max(1);
+    let workers = (1..=8).rev().find(|w| rate.is_multiple_of(*w)).unwrap_or(1);
+    (workers, rate / workers)
+}
+
 /// One backend of the scenario.
 #[derive(Clone, Debug)]
 pub struct BackendSpec {
@@ -55,11 +70,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The reference scenario: two backends under 50 req/s each, targets 25 and 10 req/s per pod.
+    /// The reference scenario: two backends under load, targets 25 and 10 req/s per pod. The load
+    /// is [`REFERENCE_RATE`], 49 req/s rather than 50: see there.
     pub fn reference() -> Self {
         let backend = |name: &str, target: f64| BackendSpec {
             name: name.to_owned(),
-            rate: 50,
+            rate: REFERENCE_RATE,
             target_per_pod: target,
             max_replicas: 10,
         };
@@ -114,14 +130,19 @@ pub struct Outcome {
 }
 
 /// An nginx started from a config of ours, owned without borrowing its pod.
-struct Server {
+pub(crate) struct Server {
     // Field order: the process stops before its directory is removed.
     process: ChildGuard,
     _dir: TempDir,
 }
 
 impl Server {
-    fn start(pod: &Pod<'_>, label: &str, server_block: &str, extra_http: &str) -> Result<Self> {
+    pub(crate) fn start(
+        pod: &Pod<'_>,
+        label: &str,
+        server_block: &str,
+        extra_http: &str,
+    ) -> Result<Self> {
         let dir = TempDir::new(label)?;
         let d = dir.path().display();
         let config = format!(
@@ -158,7 +179,7 @@ impl Server {
     }
 
     /// Makes nginx re-read its configuration (new workers; old ones finish their requests).
-    fn reload(&mut self) -> Result<()> {
+    pub(crate) fn reload(&mut self) -> Result<()> {
         self.process.signal(libc::SIGHUP)
     }
 }
@@ -254,8 +275,7 @@ impl<'c> Backend<'c> {
     }
 
     fn start_load(&mut self, duration: Duration) -> Result<()> {
-        let workers = self.spec.rate.clamp(1, 5);
-        let per_worker = (self.spec.rate / workers).max(1);
+        let (workers, per_worker) = hey_workers(self.spec.rate);
         let mut command = self.client.command("hey")?;
         command
             .args([

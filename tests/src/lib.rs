@@ -33,6 +33,7 @@ pub mod cgroup;
 pub mod clients;
 pub mod control_plane;
 pub mod hostnet;
+pub mod kubelet;
 pub mod lock;
 pub mod loss;
 pub mod metrics_api;

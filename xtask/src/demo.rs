@@ -19,8 +19,9 @@ use podmeter_tests::{
 /// Demo options; every default is the reference scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Requests per second sent to each backend (through its ingress).
-    #[arg(long, default_value_t = 50)]
+    /// Requests per second sent to each backend (through its ingress). 49 by default: at exactly
+    /// 50 the step from 4 to 5 replicas is knife-edge (a served total 0.1 % high gives 6).
+    #[arg(long, default_value_t = autoscale::REFERENCE_RATE)]
     rate: u32,
     /// HPA target of backend-1, requests per second per pod.
     #[arg(long, default_value_t = 25.0)]
