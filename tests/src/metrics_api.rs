@@ -191,6 +191,43 @@ impl MetricsApiProcess {
     }
 }
 
+/// Installs the metrics API as a cluster would, minus the Deployment: its RBAC, its
+/// ServiceAccount identity and a serving certificate signed by the cluster CA; starts it collecting
+/// from `agent_url`; and registers its APIServices (Service `ExternalName` localhost, `caBundle`
+/// the cluster CA).
+pub fn start_registered(cp: &ControlPlane, agent_url: &str) -> Result<MetricsApiProcess> {
+    cp.apply(RBAC).context("metrics-api RBAC")?;
+    let identity = cp
+        .service_account_credentials(NAMESPACE, NAME, Duration::from_secs(3600))
+        .context("metrics-api ServiceAccount token")?;
+    let sans = serving_sans();
+    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+    let serving = cp
+        .issue_serving_cert(NAME, &sans)
+        .context("serving certificate")?;
+    let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("non UTF-8 path");
+    let (kubeconfig, cert, key) = (
+        path(identity.kubeconfig())?,
+        path(&serving.cert)?,
+        path(&serving.key)?,
+    );
+    let server = MetricsApiProcess::start(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--tls-cert-file",
+        &cert,
+        "--tls-private-key-file",
+        &key,
+        "--agent",
+        agent_url,
+    ])
+    .context("metrics-api starts")?;
+    let ca = std::fs::read(cp.ca_cert()).context("cluster CA")?;
+    cp.apply(&registration(server.port(), &ca))
+        .context("Service and APIServices")?;
+    Ok(server)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -17,8 +17,7 @@ use podmeter_tests::{
     AgentProcess, Cluster,
     control_plane::{ControlPlane, ControlPlaneOptions, wait_until},
     kubelet::{self, Workload},
-    metrics_api::{self, MetricsApiProcess},
-    serial,
+    metrics_api, serial,
 };
 use serde_json::{Value, json};
 
@@ -270,33 +269,7 @@ fn the_real_hpa_controller_settles_the_backends_at_two_and_five() {
     )
     .expect("node agent");
 
-    cp.apply(metrics_api::RBAC).expect("RBAC");
-    let identity = cp
-        .service_account_credentials(
-            metrics_api::NAMESPACE,
-            metrics_api::NAME,
-            Duration::from_secs(3600),
-        )
-        .expect("metrics-api ServiceAccount token");
-    let sans = metrics_api::serving_sans();
-    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
-    let serving = cp
-        .issue_serving_cert(metrics_api::NAME, &sans)
-        .expect("serving certificate");
-    let server = MetricsApiProcess::start(&[
-        "--kubeconfig",
-        identity.kubeconfig().to_str().expect("utf-8 path"),
-        "--tls-cert-file",
-        serving.cert.to_str().expect("utf-8 path"),
-        "--tls-private-key-file",
-        serving.key.to_str().expect("utf-8 path"),
-        "--agent",
-        agent.base_url(),
-    ])
-    .expect("metrics-api starts");
-    let ca = std::fs::read(cp.ca_cert()).expect("cluster CA");
-    cp.apply(&metrics_api::registration(server.port(), &ca))
-        .expect("Service and APIServices");
+    let server = metrics_api::start_registered(&cp, agent.base_url()).expect("metrics API");
     for name in [
         "v1beta1.custom.metrics.k8s.io",
         "v1beta2.custom.metrics.k8s.io",

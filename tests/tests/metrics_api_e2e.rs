@@ -428,33 +428,7 @@ fn the_real_hpa_controller_reads_the_average_rate() {
     let agent = AgentProcess::start(cluster.cgroup_root(), &["--rate-window-secs", "5"])
         .expect("node agent");
 
-    cp.apply(metrics_api::RBAC).expect("RBAC");
-    let identity = cp
-        .service_account_credentials(
-            metrics_api::NAMESPACE,
-            metrics_api::NAME,
-            Duration::from_secs(3600),
-        )
-        .expect("token");
-    let sans = metrics_api::serving_sans();
-    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
-    let serving = cp
-        .issue_serving_cert(metrics_api::NAME, &sans)
-        .expect("serving certificate");
-    let server = MetricsApiProcess::start(&[
-        "--kubeconfig",
-        identity.kubeconfig().to_str().expect("utf-8 path"),
-        "--tls-cert-file",
-        serving.cert.to_str().expect("utf-8 path"),
-        "--tls-private-key-file",
-        serving.key.to_str().expect("utf-8 path"),
-        "--agent",
-        agent.base_url(),
-    ])
-    .expect("metrics-api starts");
-    let ca = std::fs::read(cp.ca_cert()).expect("cluster CA");
-    cp.apply(&metrics_api::registration(server.port(), &ca))
-        .expect("APIServices");
+    let server = metrics_api::start_registered(&cp, agent.base_url()).expect("metrics API");
 
     // A target far above the load: the HPA only measures, it has no reason to scale.
     let hpas = "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers";
