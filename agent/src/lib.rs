@@ -36,6 +36,7 @@ pub mod rates;
 pub mod recommend;
 pub mod ring_fill;
 pub mod routes;
+pub mod shutdown;
 pub mod top;
 pub mod traffic;
 

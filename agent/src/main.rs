@@ -210,28 +210,11 @@ fn run_agent(config: agent::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        agent::run(config, shutdown_signal(), |addr| {
+        agent::run(config, podmeter::shutdown::signal(), |addr| {
             // Scripts and tests wait for this line: the programs are attached and the API serves.
             println!("podmeter: listening on http://{addr}");
         })
         .await
     })?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (exit) still detaches the BPF links.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -43,6 +43,31 @@ pub fn hey_workers(rate: u32) -> (u32, u32) {
     (workers, rate / workers)
 }
 
+/// Starts hey in `pod` at `rate` requests per second in total to `url`, for at most `duration`,
+/// with its summary kept on stdout for [`parse_hey`].
+pub fn start_paced_hey(
+    pod: &Pod<'_>,
+    url: &str,
+    rate: u32,
+    duration: Duration,
+    label: String,
+) -> Result<ChildGuard> {
+    let (workers, per_worker) = hey_workers(rate);
+    let mut command = pod.command("hey")?;
+    command
+        .args([
+            "-z",
+            &format!("{}s", duration.as_secs()),
+            "-c",
+            &workers.to_string(),
+        ])
+        .args(["-q", &per_worker.to_string(), url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    ChildGuard::spawn(command, label)
+}
+
 /// One backend of the scenario.
 #[derive(Clone, Debug)]
 pub struct BackendSpec {
@@ -275,22 +300,14 @@ impl<'c> Backend<'c> {
     }
 
     fn start_load(&mut self, duration: Duration) -> Result<()> {
-        let (workers, per_worker) = hey_workers(self.spec.rate);
-        let mut command = self.client.command("hey")?;
-        command
-            .args([
-                "-z",
-                &format!("{}s", duration.as_secs()),
-                "-c",
-                &workers.to_string(),
-            ])
-            .args(["-q", &per_worker.to_string(), &self.ingress_pod.url("/")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        self.load = Some(ChildGuard::spawn(
-            command,
-            format!("hey {}", self.spec.name),
+        let url = self.ingress_pod.url("/");
+        let label = format!("hey {}", self.spec.name);
+        self.load = Some(start_paced_hey(
+            &self.client,
+            &url,
+            self.spec.rate,
+            duration,
+            label,
         )?);
         Ok(())
     }

@@ -17,7 +17,6 @@
 use std::{
     collections::BTreeMap,
     io::Read as _,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -207,20 +206,15 @@ impl<'c> Workload<'c> {
     /// Starts hey in the client pod: `rate` requests per second in total (workers that divide it
     /// exactly, see `autoscale::hey_workers`), to the ingress, for at most `duration`.
     pub fn start_load(&mut self, rate: u32, duration: Duration) -> Result<()> {
-        let (workers, per_worker) = crate::autoscale::hey_workers(rate);
-        let mut command = self.client.command("hey")?;
-        command
-            .args([
-                "-z",
-                &format!("{}s", duration.as_secs()),
-                "-c",
-                &workers.to_string(),
-            ])
-            .args(["-q", &per_worker.to_string(), &self.ingress_pod.url("/")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        self.load = Some(ChildGuard::spawn(command, format!("hey {}", self.name))?);
+        let url = self.ingress_pod.url("/");
+        let label = format!("hey {}", self.name);
+        self.load = Some(crate::autoscale::start_paced_hey(
+            &self.client,
+            &url,
+            rate,
+            duration,
+            label,
+        )?);
         Ok(())
     }
 

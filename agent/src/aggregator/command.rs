@@ -146,7 +146,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(serve(config, shutdown_signal(), |addr| {
+    runtime.block_on(serve(config, crate::shutdown::signal(), |addr| {
         // Scripts and tests wait for this line.
         println!("podmeter: metrics-api listening on https://{addr}");
     }))
@@ -265,21 +265,5 @@ async fn reload_certificate(certificate: ServingCertificate, cert: PathBuf, key:
             }
             Err(error) => tracing::warn!(%error, "serving certificate not reloaded"),
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
