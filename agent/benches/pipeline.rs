@@ -20,6 +20,7 @@ use podmeter::{
     dedup,
     events::{self, Event},
     flows::Flows,
+    latency::Durations,
     metrics::{Metrics, health::AgentInfo},
     pods::PodId,
     rates::{RateWindow, Rates},
@@ -149,6 +150,7 @@ fn node_state(route_labels: bool) -> Shared {
         NodeState {
             traffic: Traffic::default(),
             rates: Rates::new(RateWindow::DEFAULT, started),
+            durations: Durations::new(RateWindow::DEFAULT, started),
             routes: route_labels.then(|| Routes::new(usize::from(routes::DEFAULT_CAP))),
             metrics,
             health: Health::default(),
@@ -202,7 +204,7 @@ fn drain(
         .collect();
     let n = booked.len();
     let mut state = shared.lock();
-    state.book_exchanges(&booked);
+    state.book_exchanges(Instant::now(), &booked);
     state.health.events_received += records.len() as u64;
     state.health.request_lines_invalid += invalid_lines;
     n

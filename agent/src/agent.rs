@@ -33,6 +33,7 @@ use crate::{
     identity::{
         Identity, IdentityKind, KubernetesIdentity, LocalIdentity, kubernetes::KubernetesError,
     },
+    latency::Durations,
     metrics::{
         Metrics,
         health::{self, AgentInfo},
@@ -64,6 +65,8 @@ pub struct Config {
     pub identity_file: Option<PathBuf>,
     /// This node's name, for `IdentityKind::Kubernetes` (its pods are watched).
     pub node_name: Option<String>,
+    /// Kubeconfig of the Kubernetes identity's client (default: in-cluster or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
     /// How often the kernel counters are read.
     pub poll_interval: Duration,
     /// How long a pod whose cgroups are gone keeps its series.
@@ -92,6 +95,7 @@ impl Default for Config {
             identity_file: None,
             // Only the Kubernetes identity needs it; it comes from the downward API there.
             node_name: None,
+            kubeconfig: None,
             // Four reads a second: a served request shows within 250 ms.
             poll_interval: Duration::from_millis(250),
             // Long enough for a final scrape after a pod is deleted.
@@ -183,6 +187,7 @@ pub async fn run(
         NodeState {
             traffic: Traffic::default(),
             rates: Rates::new(config.rate_window, attached),
+            durations: Durations::new(config.rate_window, attached),
             routes: config
                 .route_labels
                 .then(|| Routes::new(config.max_routes_per_pod)),
@@ -317,7 +322,7 @@ async fn identity(config: &Config, root: &Path) -> Result<Identity, Error> {
                     .as_deref()
                     .filter(|n| !n.is_empty())
                     .ok_or(KubernetesError::NoNodeName)?;
-                let pods = KubernetesIdentity::connect(node).await?;
+                let pods = KubernetesIdentity::connect(node, config.kubeconfig.as_deref()).await?;
                 pods.ready(PODS_LISTED_WITHIN).await?;
                 info!(
                     node,
@@ -413,7 +418,7 @@ fn drain_events(
     if received == 0 {
         return;
     }
-    state.book_exchanges(&booked);
+    state.book_exchanges(Instant::now(), &booked);
     let h = &mut state.health;
     h.events_received += received;
     h.events_malformed += malformed;

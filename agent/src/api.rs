@@ -16,9 +16,10 @@ use serde::Serialize;
 use crate::{
     agent::Shared,
     dedup::Flow,
+    latency::DurationSummary,
     metrics::exposition::{self, Format},
+    node::NodeState,
     pods::{PodId, Workload},
-    rates::Rates,
     traffic::{FlowTotals, Observed, PodTraffic},
 };
 
@@ -70,19 +71,23 @@ struct PodsReply {
     unattributed: UnattributedReply,
 }
 
-/// Exact totals of one flow and its rate (requests per second over the window).
+/// Exact totals of one flow, its rate (requests per second over the window) and the quantiles
+/// of its request durations over the same window (`null` without paired exchanges in it, and for
+/// sockets of no pod).
 #[derive(Serialize)]
 struct FlowReply {
     #[serde(flatten)]
     totals: FlowTotals,
     rate: f64,
+    duration: Option<DurationSummary>,
 }
 
 impl FlowReply {
-    fn new(totals: FlowTotals, rates: &Rates, pod: Option<&PodId>, flow: Flow) -> Self {
+    fn new(totals: FlowTotals, state: &NodeState, pod: Option<&PodId>, flow: Flow) -> Self {
         Self {
             totals,
-            rate: rates.rate(pod, flow),
+            rate: state.rates.rate(pod, flow),
+            duration: pod.and_then(|p| state.durations.summary(p, flow)),
         }
     }
 }
@@ -91,6 +96,8 @@ impl FlowReply {
 struct PodReply {
     namespace: String,
     name: String,
+    /// The pod's UID with the Kubernetes identity; `null` when the source does not know it.
+    uid: Option<String>,
     /// The owning workload (`{"kind": "Deployment", "name": "web"}`) with the Kubernetes
     /// identity; `null` when the source does not know it.
     workload: Option<Workload>,
@@ -118,27 +125,27 @@ struct UnattributedReply {
     observed_outbound: Observed,
 }
 
-fn flows(t: &PodTraffic, rates: &Rates, pod: Option<&PodId>) -> [FlowReply; 4] {
+fn flows(t: &PodTraffic, state: &NodeState, pod: Option<&PodId>) -> [FlowReply; 4] {
     [
-        FlowReply::new(t.inbound, rates, pod, Flow::Inbound),
-        FlowReply::new(t.outbound, rates, pod, Flow::Outbound),
-        FlowReply::new(t.loopback_inbound, rates, pod, Flow::LoopbackInbound),
-        FlowReply::new(t.loopback_outbound, rates, pod, Flow::LoopbackOutbound),
+        FlowReply::new(t.inbound, state, pod, Flow::Inbound),
+        FlowReply::new(t.outbound, state, pod, Flow::Outbound),
+        FlowReply::new(t.loopback_inbound, state, pod, Flow::LoopbackInbound),
+        FlowReply::new(t.loopback_outbound, state, pod, Flow::LoopbackOutbound),
     ]
 }
 
 async fn pods(State(shared): State<Shared>) -> Json<PodsReply> {
     let state = shared.lock();
-    let rates = &state.rates;
     let mut pods: Vec<PodReply> = state
         .traffic
         .pods()
         .map(|(id, t)| {
             let [inbound, outbound, loopback_inbound, loopback_outbound] =
-                flows(t, rates, Some(id));
+                flows(t, &state, Some(id));
             PodReply {
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
+                uid: id.uid.clone(),
                 workload: id.workload.clone(),
                 inbound,
                 outbound,
@@ -153,9 +160,9 @@ async fn pods(State(shared): State<Shared>) -> Json<PodsReply> {
         .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let u = &state.traffic.unattributed;
-    let [inbound, outbound, loopback_inbound, loopback_outbound] = flows(u, rates, None);
+    let [inbound, outbound, loopback_inbound, loopback_outbound] = flows(u, &state, None);
     Json(PodsReply {
-        rate_window_seconds: rates.window().secs(),
+        rate_window_seconds: state.rates.window().secs(),
         pods,
         unattributed: UnattributedReply {
             inbound,

@@ -5,7 +5,7 @@
 //! counters; [`events`] decodes the per-request ring buffer records and [`flows`] pairs requests
 //! with responses; [`cgroups`] and [`pods`] say which pod a cgroup or address is; [`dedup`] holds
 //! the rule that makes each request count once; [`traffic`] keeps per-pod totals, [`rates`] their
-//! sliding-window rates, [`routes`] the bounded route labels and [`metrics`] the Prometheus
+//! sliding-window rates, [`latency`] their request duration quantiles, [`routes`] the bounded route labels and [`metrics`] the Prometheus
 //! series; [`node`] keeps those in step; [`api`] serves them; [`agent`] runs it all, reading the
 //! ring buffer's fill ([`ring_fill`]) and the connection table's size ([`connection_table`]).
 //! [`hpa`] models the HorizontalPodAutoscaler's replica decisions for the metrics podmeter
@@ -27,6 +27,7 @@ pub mod events;
 pub mod flows;
 pub mod hpa;
 pub mod identity;
+pub mod latency;
 pub mod metrics;
 pub mod metrics_api;
 pub mod node;

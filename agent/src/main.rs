@@ -64,7 +64,8 @@ enum Command {
         /// `/healthz` and `--metrics-listen` stay open).
         #[arg(long, env = "PODMETER_API_AUTH", value_enum, default_value = "none")]
         api_auth: ApiAuthFlag,
-        /// Kubeconfig for `--api-auth token-review` (default: in-cluster or $KUBECONFIG).
+        /// Kubeconfig for `--identity kubernetes` and `--api-auth token-review` (default:
+        /// in-cluster or $KUBECONFIG).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
@@ -158,6 +159,7 @@ fn main() -> ExitCode {
                 ),
                 identity_file,
                 node_name,
+                kubeconfig: kubeconfig.clone(),
                 poll_interval: Duration::from_millis(poll_ms),
                 pod_grace: Duration::from_secs(pod_grace_secs),
                 map_sizes: MapSizes {

@@ -15,6 +15,7 @@ use crate::{
     counters::{Counts, KernelStats},
     dedup::Flow,
     flows::Exchange,
+    latency::Durations,
     metrics::Metrics,
     pods::PodId,
     rates::Rates,
@@ -50,6 +51,8 @@ pub struct Health {
 pub struct NodeState {
     pub traffic: Traffic,
     pub rates: Rates,
+    /// Request duration quantiles over the rate window.
+    pub durations: Durations,
     /// `None` when route labels are off.
     pub routes: Option<Routes>,
     pub metrics: Metrics,
@@ -68,6 +71,7 @@ impl NodeState {
                 side.add_counts(pod, delta);
             }
         }
+        self.durations.advance(now);
         self.rates.book(
             now,
             booked
@@ -90,9 +94,12 @@ impl NodeState {
     }
 
     /// Books paired exchanges into totals and series.
-    pub fn book_exchanges(&mut self, booked: &[(Option<PodId>, Flow, Exchange)]) {
+    pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
         for (pod, flow, exchange) in booked {
             self.traffic.add_exchange(pod.as_ref(), *flow, exchange);
+            if let (Some(pod), Some(latency)) = (pod, exchange.latency) {
+                self.durations.observe(now, pod, *flow, latency);
+            }
             let (Some(pod), Some(side)) = (pod, self.metrics.side(*flow)) else {
                 continue;
             };
@@ -115,6 +122,7 @@ impl NodeState {
         let removed = self.traffic.sweep(alive, now, grace);
         for pod in &removed {
             self.rates.remove(pod);
+            self.durations.remove(pod);
             if let Some(routes) = self.routes.as_mut() {
                 routes.remove(pod);
             }
@@ -205,6 +213,7 @@ mod tests {
         let state = NodeState {
             traffic: Traffic::default(),
             rates: Rates::new(RateWindow::try_from(10).expect("valid"), t0),
+            durations: Durations::new(RateWindow::try_from(10).expect("valid"), t0),
             routes,
             metrics,
             health: Health::default(),
@@ -277,10 +286,13 @@ mod tests {
                 (Some(db.clone()), Flow::Inbound, served(1)),
             ],
         );
-        s.book_exchanges(&[
-            (Some(web.clone()), Flow::Inbound, get("/a/1")),
-            (Some(db.clone()), Flow::Inbound, get("/b")),
-        ]);
+        s.book_exchanges(
+            t0 + Duration::from_secs(1),
+            &[
+                (Some(web.clone()), Flow::Inbound, get("/a/1")),
+                (Some(db.clone()), Flow::Inbound, get("/b")),
+            ],
+        );
         assert!(scrape(&registry).contains("route=\"/a/{id}\""));
         let grace = Duration::from_secs(60);
         let alive = |p: &PodId| p == &db;

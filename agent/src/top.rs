@@ -25,6 +25,13 @@ struct Flow {
     /// Requests per second over the agent's rate window: the number the HPA sees.
     rate: f64,
     responses: HashMap<String, u64>,
+    /// Duration quantiles over the same window; `null` without exchanges in it.
+    duration: Option<Durations>,
+}
+
+#[derive(Deserialize)]
+struct Durations {
+    p95_seconds: f64,
 }
 
 /// Prints the table every `interval`, `iterations` times (forever when `None`).
@@ -43,7 +50,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9}   (rates over {} s)",
+            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>10}   (rates and p95 over {} s)",
             "NAMESPACE",
             "POD",
             "IN",
@@ -53,13 +60,14 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
             "2xx",
             "5xx",
             "LOOPBACK",
+            "IN p95 ms",
             reply.rate_window_seconds
         );
         for p in &reply.pods {
             let class = |c: &str| p.inbound.responses.get(c).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "{:<16} {:<24} {:>10} {:>9.1} {:>10} {:>9.1} {:>7} {:>7} {:>9}",
+                "{:<16} {:<24} {:>10} {:>9.1} {:>10} {:>9.1} {:>7} {:>7} {:>9} {:>10}",
                 p.namespace,
                 p.name,
                 p.inbound.requests,
@@ -69,6 +77,10 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
                 class("2xx"),
                 class("5xx"),
                 p.loopback_inbound.requests,
+                p.inbound
+                    .duration
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |d| format!("{:.1}", d.p95_seconds * 1e3)),
             );
         }
         println!("{out}");

@@ -65,8 +65,18 @@ impl AgentProcess {
         Self::start_binary(&Self::binary(), cgroup_root, extra_args)
     }
 
+    /// Like [`AgentProcess::start`] with the API on `listen` (e.g. `198.18.3.1:0`, an address
+    /// other processes reach it on, as a DaemonSet's pod address).
+    pub fn start_listening(cgroup_root: &Path, listen: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::spawn(&Self::binary(), cgroup_root, listen, extra_args)
+    }
+
     /// Like [`AgentProcess::start`] with an explicit binary (e.g. a stand-in for harness tests).
     pub fn start_binary(binary: &Path, cgroup_root: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::spawn(binary, cgroup_root, "127.0.0.1:0", extra_args)
+    }
+
+    fn spawn(binary: &Path, cgroup_root: &Path, listen: &str, extra_args: &[&str]) -> Result<Self> {
         assert!(
             binary.is_file(),
             "podmeter agent binary not found at {}: build it with `cargo build -p podmeter` or run \
@@ -78,7 +88,7 @@ impl AgentProcess {
             .arg("agent")
             .arg("--cgroup-root")
             .arg(cgroup_root)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -46,7 +46,7 @@ pub mod prometheus;
 pub mod scripted;
 mod stale;
 pub mod tempdir;
-mod wait;
+pub mod wait;
 
 pub use agent::{AgentProcess, PodCounts};
 pub use cgroup::CgroupGuard;

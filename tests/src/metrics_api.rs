@@ -11,11 +11,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{AgentProcess, ChildGuard, control_plane::ControlPlane};
+use crate::{AgentProcess, ChildGuard, TempDir, control_plane::ControlPlane};
 
 /// Namespace and name of the metrics API's ServiceAccount and Service.
 pub const NAMESPACE: &str = "kube-system";
 pub const NAME: &str = "podmeter-metrics-api";
+/// The file name of the metrics API's token for the agents.
+const AGENT_TOKEN_FILE: &str = "agent-token";
 /// How long the process may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `terminate` waits after SIGTERM.
@@ -64,12 +66,25 @@ subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-sy
 /// Name of the node agent's ServiceAccount (in [`NAMESPACE`]) when its API checks tokens.
 pub const AGENT_NAME: &str = "podmeter-agent";
 
-/// RBAC for the node agent's identity when its API checks callers' tokens (TokenReview).
+/// RBAC for the node agent's identity: checking its callers' tokens (TokenReview) and watching
+/// its node's pods (`--identity kubernetes`), as `deploy/base/agent-rbac.yaml` grants.
 pub const AGENT_RBAC: &str = "\
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {name: 'podmeter-agent:system:auth-delegator'}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'system:auth-delegator'}
+subjects: [{kind: ServiceAccount, name: podmeter-agent, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: 'podmeter-agent'}
+rules:
+- {apiGroups: [''], resources: [pods], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: 'podmeter-agent'}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'podmeter-agent'}
 subjects: [{kind: ServiceAccount, name: podmeter-agent, namespace: kube-system}]
 ";
 
@@ -150,6 +165,8 @@ pub fn apiservice_available(cp: &ControlPlane, name: &str) -> Result<(bool, Valu
 pub struct MetricsApiProcess {
     process: ChildGuard,
     port: u16,
+    /// Files it reads (e.g. its token for the agents), removed after it stops.
+    files: Option<TempDir>,
 }
 
 impl MetricsApiProcess {
@@ -178,11 +195,20 @@ impl MetricsApiProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Self { process, port })
+        Ok(Self {
+            process,
+            port,
+            files: None,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The file with the bearer token it sends to the agents, when [`start_registered`] made it.
+    pub fn agent_token_file(&self) -> Option<std::path::PathBuf> {
+        self.files.as_ref().map(|f| f.path().join(AGENT_TOKEN_FILE))
     }
 
     /// Sends SIGTERM and returns the exit status (SIGKILL after 15 s).
@@ -192,10 +218,11 @@ impl MetricsApiProcess {
 }
 
 /// Installs the metrics API as a cluster would, minus the Deployment: its RBAC, its
-/// ServiceAccount identity and a serving certificate signed by the cluster CA; starts it collecting
-/// from `agent_url`; and registers its APIServices (Service `ExternalName` localhost, `caBundle`
-/// the cluster CA).
-pub fn start_registered(cp: &ControlPlane, agent_url: &str) -> Result<MetricsApiProcess> {
+/// ServiceAccount identity (whose token it sends to the agents) and a serving certificate signed
+/// by the cluster CA; starts it collecting as `agents` says (`["--agent", url]`, or
+/// `["--agent-service", "ns/name", ...]`); and registers its APIServices (Service `ExternalName`
+/// localhost, `caBundle` the cluster CA).
+pub fn start_registered(cp: &ControlPlane, agents: &[&str]) -> Result<MetricsApiProcess> {
     cp.apply(RBAC).context("metrics-api RBAC")?;
     let identity = cp
         .service_account_credentials(NAMESPACE, NAME, Duration::from_secs(3600))
@@ -206,22 +233,27 @@ pub fn start_registered(cp: &ControlPlane, agent_url: &str) -> Result<MetricsApi
         .issue_serving_cert(NAME, &sans)
         .context("serving certificate")?;
     let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("non UTF-8 path");
-    let (kubeconfig, cert, key) = (
+    let files = TempDir::new("metrics-api")?;
+    let token = files.write(AGENT_TOKEN_FILE, identity.token().context("a token")?)?;
+    let (kubeconfig, cert, key, token) = (
         path(identity.kubeconfig())?,
         path(&serving.cert)?,
         path(&serving.key)?,
+        path(&token)?,
     );
-    let server = MetricsApiProcess::start(&[
+    let mut args = vec![
         "--kubeconfig",
         &kubeconfig,
         "--tls-cert-file",
         &cert,
         "--tls-private-key-file",
         &key,
-        "--agent",
-        agent_url,
-    ])
-    .context("metrics-api starts")?;
+        "--agent-token-file",
+        &token,
+    ];
+    args.extend_from_slice(agents);
+    let mut server = MetricsApiProcess::start(&args).context("metrics-api starts")?;
+    server.files = Some(files);
     let ca = std::fs::read(cp.ca_cert()).context("cluster CA")?;
     cp.apply(&registration(server.port(), &ca))
         .context("Service and APIServices")?;

@@ -87,11 +87,25 @@ impl Cluster {
                 "pod namespace and name must be single path components, got {namespace:?}/{name:?}"
             );
         }
+        self.pod_in_cgroup(namespace, name, &Path::new(namespace).join(name))
+    }
+
+    /// Creates pod `<namespace>/<name>` with its cgroup at `<parent>/<cgroup>` (a relative path,
+    /// e.g. a kubelet's `kubepods/besteffort/pod<uid>`): the name is the harness's only.
+    pub fn pod_in_cgroup(&self, namespace: &str, name: &str, cgroup: &Path) -> Result<Pod<'_>> {
+        ensure!(
+            cgroup.is_relative()
+                && cgroup
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+            "a pod cgroup must be a plain relative path, got {}",
+            cgroup.display()
+        );
         let host = self.next_host.get();
         ensure!(host < 255, "this cluster has no pod addresses left");
         self.next_host.set(host + 1);
         let ip = Ipv4Addr::new(SUBNET_BASE[0], SUBNET_BASE[1], self.subnet, host);
-        let cgroup = CgroupGuard::create(self.cgroups.path().join(namespace).join(name))?;
+        let cgroup = CgroupGuard::create(self.cgroups.path().join(cgroup))?;
         let mut pod = Pod {
             cluster: self,
             namespace: namespace.to_owned(),

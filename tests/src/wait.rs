@@ -3,11 +3,7 @@
 use std::time::{Duration, Instant};
 
 /// Polls `ready` every `interval` until it returns true (then `true`) or `timeout` passes (`false`).
-pub(crate) fn poll_until(
-    timeout: Duration,
-    interval: Duration,
-    mut ready: impl FnMut() -> bool,
-) -> bool {
+pub fn poll_until(timeout: Duration, interval: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {

@@ -90,11 +90,15 @@ fn the_bundle_renders_and_the_api_server_accepts_it() {
     }
     // The example HPAs are autoscaling/v2 (GA in 1.23); their Pods metric spec is the same in
     // v2beta2, which this 1.20 server serves.
-    let hpas =
-        std::fs::read_to_string(deploy.join("examples/hpa-reference.yaml")).expect("hpa example");
-    let accepted = dry_run(&hpas.replace("autoscaling/v2\n", "autoscaling/v2beta2\n"));
-    assert!(
-        accepted.contains("horizontalpodautoscaler.autoscaling/backend-2"),
-        "{accepted}"
-    );
+    for (file, last) in [
+        ("examples/hpa-reference.yaml", "backend-2"),
+        ("examples/hpa-latency.yaml", "backend-3"),
+    ] {
+        let hpas = std::fs::read_to_string(deploy.join(file)).expect("hpa example");
+        let accepted = dry_run(&hpas.replace("autoscaling/v2\n", "autoscaling/v2beta2\n"));
+        assert!(
+            accepted.contains(&format!("horizontalpodautoscaler.autoscaling/{last}")),
+            "{file}: {accepted}"
+        );
+    }
 }

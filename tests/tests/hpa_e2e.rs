@@ -269,7 +269,8 @@ fn the_real_hpa_controller_settles_the_backends_at_two_and_five() {
     )
     .expect("node agent");
 
-    let server = metrics_api::start_registered(&cp, agent.base_url()).expect("metrics API");
+    let server =
+        metrics_api::start_registered(&cp, &["--agent", agent.base_url()]).expect("metrics API");
     for name in [
         "v1beta1.custom.metrics.k8s.io",
         "v1beta2.custom.metrics.k8s.io",

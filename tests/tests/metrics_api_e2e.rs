@@ -428,7 +428,8 @@ fn the_real_hpa_controller_reads_the_average_rate() {
     let agent = AgentProcess::start(cluster.cgroup_root(), &["--rate-window-secs", "5"])
         .expect("node agent");
 
-    let server = metrics_api::start_registered(&cp, agent.base_url()).expect("metrics API");
+    let server =
+        metrics_api::start_registered(&cp, &["--agent", agent.base_url()]).expect("metrics API");
 
     // A target far above the load: the HPA only measures, it has no reason to scale.
     let hpas = "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers";

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use tokio::{sync::watch as channel, task::JoinSet};
 
 use super::{error::FetchError, labels::PodLabels};
-use crate::metrics_api::{HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample};
+use crate::metrics_api::{
+    HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
+};
 
 /// How often and how patiently the agents are read.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +47,15 @@ pub struct PodEntry {
 pub struct Flow {
     /// Requests per second over the agent's rate window.
     pub rate: f64,
+    /// Request duration quantiles over the same window; absent or `null` without exchanges (and
+    /// from agents older than this field).
+    #[serde(default)]
+    pub duration: Option<Durations>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Durations {
+    pub p95_seconds: f64,
 }
 
 /// One agent's last good answer.
@@ -91,17 +102,27 @@ fn snapshot(
     for answer in fresh {
         let window = Duration::from_secs(u64::from(answer.reply.rate_window_seconds));
         for pod in &answer.reply.pods {
-            let sample = Sample {
-                value: pod.inbound.rate,
+            let sample = |value| Sample {
+                value,
                 timestamp: answer.timestamp,
                 window: Some(window),
             };
+            let mut values = BTreeMap::from([(
+                HTTP_REQUESTS_PER_SECOND.to_owned(),
+                sample(pod.inbound.rate),
+            )]);
+            if let Some(d) = &pod.inbound.duration {
+                values.insert(
+                    HTTP_REQUEST_DURATION_SECONDS_P95.to_owned(),
+                    sample(d.p95_seconds),
+                );
+            }
             pods.insert(
                 (pod.namespace.clone(), pod.name.clone()),
                 PodSample {
                     name: pod.name.clone(),
                     labels: labels.get(&pod.namespace, &pod.name),
-                    values: BTreeMap::from([(HTTP_REQUESTS_PER_SECOND.to_owned(), sample)]),
+                    values,
                 },
             );
         }
@@ -212,7 +233,10 @@ mod tests {
                     .map(|&(namespace, name, rate)| PodEntry {
                         namespace: namespace.into(),
                         name: name.into(),
-                        inbound: Flow { rate },
+                        inbound: Flow {
+                            rate,
+                            duration: None,
+                        },
                     })
                     .collect(),
             },
@@ -248,5 +272,46 @@ mod tests {
         assert!((sample.value - 7.0).abs() < f64::EPSILON);
         assert_eq!(sample.window, Some(Duration::from_secs(10)));
         assert_eq!(pods["demo"].len(), 1);
+    }
+
+    #[test]
+    fn the_p95_duration_is_served_for_pods_with_exchanges_in_the_window() {
+        // The fields of an agent's `/v1/pods` the collector reads, among others it ignores.
+        let reply: PodsReply = serde_json::from_value(serde_json::json!({
+            "rate_window_seconds": 30,
+            "pods": [
+                {"namespace": "shop", "name": "busy", "workload": null,
+                 "inbound": {"requests": 300, "rate": 10.0,
+                             "duration": {"exchanges": 300, "p50_seconds": 0.0051,
+                                          "p90_seconds": 0.0102, "p95_seconds": 0.0503,
+                                          "p99_seconds": 0.1007}},
+                 "outbound": {"requests": 0, "rate": 0.0, "duration": null}},
+                {"namespace": "shop", "name": "idle",
+                 "inbound": {"requests": 0, "rate": 0.0, "duration": null}}
+            ],
+            "unattributed": {}
+        }))
+        .expect("an agent reply");
+        let now = Instant::now();
+        let answers = HashMap::from([(
+            "http://a".to_owned(),
+            Answer {
+                received: now,
+                timestamp: SystemTime::now(),
+                reply,
+            },
+        )]);
+        let pods = snapshot(&answers, &PodLabels::default(), now, Duration::from_secs(5));
+        let [busy, idle] = &pods["shop"][..] else {
+            panic!("two pods: {pods:?}");
+        };
+        let p95 = &busy.values[HTTP_REQUEST_DURATION_SECONDS_P95];
+        assert!((p95.value - 0.0503).abs() < f64::EPSILON);
+        assert_eq!(p95.window, Some(Duration::from_secs(30)));
+        assert!(busy.values.contains_key(HTTP_REQUESTS_PER_SECOND));
+        // No exchanges, no latency: the pod is absent from that metric, not reported as 0 s.
+        assert_eq!(idle.name, "idle");
+        assert!(!idle.values.contains_key(HTTP_REQUEST_DURATION_SECONDS_P95));
+        assert!(idle.values.contains_key(HTTP_REQUESTS_PER_SECOND));
     }
 }

@@ -20,8 +20,8 @@ use super::{
     labels::PodLabels,
 };
 use crate::metrics_api::{
-    self as api, ApiOptions, HTTP_REQUESTS_PER_SECOND, MemorySource, MetricInfo, RequestHeaderAuth,
-    ReviewCache, ServingCertificate, SubjectAccessReviewAuthorizer,
+    self as api, ApiOptions, MemorySource, RequestHeaderAuth, ReviewCache, ServingCertificate,
+    SubjectAccessReviewAuthorizer, podmeter_metrics,
 };
 
 /// How often the serving certificate's files are checked for a change.
@@ -191,9 +191,7 @@ pub async fn serve(
         ServingCertificate::from_files(&config.tls_cert_file, &config.tls_private_key_file)?;
     let tls = api::server_config(&certificate)?;
 
-    let source = Arc::new(MemorySource::new(vec![MetricInfo::summable(
-        HTTP_REQUESTS_PER_SECOND,
-    )]));
+    let source = Arc::new(MemorySource::new(podmeter_metrics()));
     let labels = PodLabels::default();
     let (targets, discovered) = channel::channel(BTreeSet::new());
     let mut tasks = JoinSet::new();

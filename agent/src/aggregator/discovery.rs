@@ -1,10 +1,17 @@
 //! Which node agents to collect from: a static list of URLs, plus the ready endpoints of the
 //! agents' Service, from a watch of its EndpointSlices (`kubernetes.io/service-name=<name>`).
+//!
+//! EndpointSlices are `discovery.k8s.io/v1` since Kubernetes 1.21; on older API servers, which
+//! serve only `v1beta1`, the same watch runs on `v1beta1` (the fields read here are the same).
 
-use std::collections::BTreeSet;
+use std::{borrow::Cow, collections::BTreeSet};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::{Api, Client};
+use k8s_openapi::{
+    api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{Api, Client, Resource};
+use serde::Deserialize;
 use tokio::sync::watch as channel;
 
 use super::watch::{self, Selectors};
@@ -53,17 +60,80 @@ pub fn agent_urls<'a>(
     urls
 }
 
+/// An EndpointSlice as `discovery.k8s.io/v1beta1` serves it (Kubernetes 1.17 to 1.24). Its
+/// `topology` map is left out; what [`agent_urls`] reads has the same names and meaning in `v1`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSliceV1Beta1 {
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    /// `null` in a slice without endpoints (a 1.20 server writes an empty IPv6 slice so for a
+    /// headless Service).
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+impl Resource for EndpointSliceV1Beta1 {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "EndpointSlice".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "discovery.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1beta1".into()
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        "discovery.k8s.io/v1beta1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "endpointslices".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<&EndpointSliceV1Beta1> for EndpointSlice {
+    fn from(slice: &EndpointSliceV1Beta1) -> Self {
+        EndpointSlice {
+            metadata: slice.metadata.clone(),
+            address_type: slice.address_type.clone(),
+            endpoints: slice.endpoints.clone().unwrap_or_default(),
+            ports: slice.ports.clone(),
+        }
+    }
+}
+
+/// Whether the API server serves EndpointSlices in `discovery.k8s.io/v1` (1.21 and later).
+async fn serves_v1(client: &Client) -> bool {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
+        Err(error) => {
+            tracing::debug!(%error, "discovery.k8s.io/v1 not served");
+            false
+        }
+    }
+}
+
 impl AgentService {
+    fn selectors(&self) -> Selectors {
+        Selectors {
+            labels: Some(format!("kubernetes.io/service-name={}", self.name)),
+            fields: None,
+        }
+    }
+
     /// Publishes the Service's agent URLs on `targets` whenever its EndpointSlices change; runs
     /// forever.
     pub async fn watch(self, client: Client, targets: channel::Sender<BTreeSet<String>>) {
-        let api: Api<EndpointSlice> = Api::namespaced(client, &self.namespace);
-        let selectors = Selectors {
-            labels: Some(format!("kubernetes.io/service-name={}", self.name)),
-            fields: None,
-        };
-        watch::run(api, selectors, "endpointslices", |slices| {
-            let urls = agent_urls(slices.iter().map(AsRef::as_ref), self.port_name.as_deref());
+        let publish = |urls: BTreeSet<String>| {
             targets.send_if_modified(|current| {
                 let changed = *current != urls;
                 if changed {
@@ -72,8 +142,23 @@ impl AgentService {
                 }
                 changed
             });
-        })
-        .await;
+        };
+        let port_name = self.port_name.as_deref();
+        if serves_v1(&client).await {
+            let api: Api<EndpointSlice> = Api::namespaced(client, &self.namespace);
+            watch::run(api, self.selectors(), "endpointslices", |slices| {
+                publish(agent_urls(slices.iter().map(AsRef::as_ref), port_name));
+            })
+            .await;
+        } else {
+            tracing::info!("the API server serves EndpointSlices as discovery.k8s.io/v1beta1");
+            let api: Api<EndpointSliceV1Beta1> = Api::namespaced(client, &self.namespace);
+            watch::run(api, self.selectors(), "endpointslices", |slices| {
+                let slices: Vec<EndpointSlice> = slices.iter().map(|s| s.as_ref().into()).collect();
+                publish(agent_urls(&slices, port_name));
+            })
+            .await;
+        }
     }
 }
 
@@ -134,5 +219,52 @@ mod tests {
         assert!(first.contains("http://10.0.0.1:9465"), "{first:?}");
         // No such port: nothing.
         assert!(agent_urls([&v4], Some("nope")).is_empty());
+    }
+
+    #[test]
+    fn a_v1_slice_without_endpoints_reads_as_empty() {
+        // Go writes a nil list as `null`; the slice must not fail the whole watch's list.
+        let empty: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "podmeter-agent-8v8pb"},
+            "addressType": "IPv6", "endpoints": null, "ports": null
+        }))
+        .expect("an empty v1 slice");
+        assert!(agent_urls([&empty], Some("api")).is_empty());
+    }
+
+    #[test]
+    fn a_v1beta1_slice_reads_like_a_v1_one() {
+        // As a 1.20 API server serves it: `topology` instead of `nodeName`, no `zone`.
+        let slice: EndpointSliceV1Beta1 = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "podmeter-agent-x7k2p", "namespace": "podmeter-system",
+                         "labels": {"kubernetes.io/service-name": "podmeter-agent"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
+                 "topology": {"kubernetes.io/hostname": "node-1"}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}}
+            ],
+            "ports": [{"name": "api", "port": 9464, "protocol": "TCP"}]
+        }))
+        .expect("a v1beta1 slice");
+        let urls = agent_urls([&EndpointSlice::from(&slice)], Some("api"));
+        assert_eq!(
+            urls.into_iter().collect::<Vec<_>>(),
+            ["http://10.0.0.1:9464"]
+        );
+        // The empty IPv6 slice a 1.20 server keeps beside it for a headless Service.
+        let empty: EndpointSliceV1Beta1 = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "podmeter-agent-8v8pb"},
+            "addressType": "IPv6", "endpoints": null, "ports": null
+        }))
+        .expect("an empty v1beta1 slice");
+        assert!(agent_urls([&EndpointSlice::from(&empty)], Some("api")).is_empty());
+        assert_eq!(
+            EndpointSliceV1Beta1::api_version(&()),
+            "discovery.k8s.io/v1beta1"
+        );
     }
 }

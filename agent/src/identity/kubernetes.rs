@@ -43,7 +43,7 @@ pub enum KubernetesError {
         "cannot configure a Kubernetes client: {0} (in a pod, mount the service account token; elsewhere, pass --identity file or --identity cgroup-dirs)"
     )]
     // Not a `source`: kube's message already holds its causes, which would print twice.
-    Client(kube::Error),
+    Client(String),
     #[error(
         "the pods of node {node} were not listed within {secs} s: check that the agent's service account may list and watch pods, and that --node-name is this node's name"
     )]
@@ -69,14 +69,15 @@ pub fn node_selector(node: &str) -> String {
 }
 
 impl KubernetesIdentity {
-    /// Connects with the in-cluster (or kubeconfig) configuration and starts watching.
-    pub async fn connect(node: &str) -> Result<Self, KubernetesError> {
+    /// Connects with `kubeconfig`, else the in-cluster configuration or `$KUBECONFIG`, and starts
+    /// watching.
+    pub async fn connect(node: &str, kubeconfig: Option<&Path>) -> Result<Self, KubernetesError> {
         // The client's TLS takes the process-wide provider; ring is the one built in. An error
         // means one is installed already, which serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::try_default()
+        let client = crate::aggregator::command::client(kubeconfig)
             .await
-            .map_err(KubernetesError::Client)?;
+            .map_err(|e| KubernetesError::Client(e.to_string()))?;
         Ok(Self::start(client, node))
     }
 

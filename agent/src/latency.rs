@@ -1,0 +1,349 @@
+//! Request duration quantiles per pod and flow over the rate window, for the metrics API's
+//! `http_request_duration_seconds_p95` and the agent's `/v1/pods`.
+//!
+//! Semantics, for a window of `W` seconds:
+//! - A paired exchange (a request with its response) enters the window when the agent reads it
+//!   from the ring buffer (every 100 ms); it leaves `W` seconds later, in whole seconds: the window
+//!   holds the current second and the `W - 1` before it.
+//! - Quantiles use the nearest rank: the `q` quantile of `n` durations is the smallest duration
+//!   with at least `ceil(q * n)` durations at or below it.
+//! - Durations are kept in log-linear buckets, 32 per power of two from 1 µs to about 2 min, and
+//!   a quantile is reported as its bucket's geometric midpoint: within 1.1 % of the duration it
+//!   names. Shorter and longer durations fall into the first and last bucket.
+//! - The durations come from the event stream, which can lose events when the ring buffer is full
+//!   (counted in the agent's health); the exact request counts do not depend on them.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{dedup::Flow, pods::PodId, rates::RateWindow};
+
+/// Buckets per power of two.
+const PER_OCTAVE: u32 = 32;
+/// The first bucket starts at 2^10 ns (about 1 µs).
+const FIRST_OCTAVE: u32 = 10;
+/// The last bucket ends at 2^37 ns (about 137 s).
+const OCTAVES: u32 = 27;
+const BUCKETS: usize = (OCTAVES * PER_OCTAVE) as usize;
+
+/// The bucket of a duration.
+fn bucket(d: Duration) -> u16 {
+    let ns = d.as_nanos().max(1) as f64;
+    let position = (ns.log2() - f64::from(FIRST_OCTAVE)) * f64::from(PER_OCTAVE);
+    position.clamp(0.0, (BUCKETS - 1) as f64) as u16
+}
+
+/// The geometric midpoint of a bucket, in seconds.
+fn midpoint_seconds(bucket: u16) -> f64 {
+    let exponent = f64::from(FIRST_OCTAVE) + (f64::from(bucket) + 0.5) / f64::from(PER_OCTAVE);
+    exponent.exp2() / 1e9
+}
+
+/// The durations of one second: (bucket, count), sorted by bucket.
+#[derive(Clone, Debug, Default)]
+struct Second {
+    second: u64,
+    buckets: Vec<(u16, u32)>,
+}
+
+/// The durations of one flow over the window: per-second buckets and their running total.
+#[derive(Clone, Debug)]
+pub struct DurationWindow {
+    seconds: Box<[Second]>,
+    total: Box<[u32]>,
+    count: u64,
+    newest: u64,
+}
+
+/// Quantiles of the durations in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DurationSummary {
+    /// Paired exchanges in the window.
+    pub exchanges: u64,
+    pub p50_seconds: f64,
+    pub p90_seconds: f64,
+    pub p95_seconds: f64,
+    pub p99_seconds: f64,
+}
+
+impl DurationWindow {
+    pub fn new(window: RateWindow) -> Self {
+        Self {
+            seconds: vec![Second::default(); window.secs() as usize].into_boxed_slice(),
+            total: vec![0; BUCKETS].into_boxed_slice(),
+            count: 0,
+            newest: 0,
+        }
+    }
+
+    /// Moves the window to end with `second`, dropping the seconds that leave it.
+    pub fn advance(&mut self, second: u64) {
+        if second <= self.newest {
+            return;
+        }
+        let len = self.seconds.len() as u64;
+        for slot in self.seconds.iter_mut() {
+            if slot.second + len <= second {
+                for &(b, n) in &slot.buckets {
+                    self.total[usize::from(b)] -= n;
+                    self.count -= u64::from(n);
+                }
+                slot.buckets.clear();
+            }
+        }
+        self.newest = second;
+    }
+
+    /// Adds one duration observed during `second` (not older than the window's newest second).
+    pub fn observe(&mut self, second: u64, duration: Duration) {
+        self.advance(second);
+        let len = self.seconds.len() as u64;
+        let slot = &mut self.seconds[(self.newest % len) as usize];
+        slot.second = self.newest;
+        let b = bucket(duration);
+        match slot.buckets.binary_search_by_key(&b, |&(k, _)| k) {
+            Ok(i) => slot.buckets[i].1 += 1,
+            Err(i) => slot.buckets.insert(i, (b, 1)),
+        }
+        self.total[usize::from(b)] += 1;
+        self.count += 1;
+    }
+
+    /// Durations in the window.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile (0 < q <= 1) by nearest rank, in seconds; `None` for an empty window.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0u64;
+        for (b, &n) in self.total.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= rank {
+                return Some(midpoint_seconds(b as u16));
+            }
+        }
+        None
+    }
+
+    pub fn summary(&self) -> Option<DurationSummary> {
+        Some(DurationSummary {
+            exchanges: self.count,
+            p50_seconds: self.quantile(0.50)?,
+            p90_seconds: self.quantile(0.90)?,
+            p95_seconds: self.quantile(0.95)?,
+            p99_seconds: self.quantile(0.99)?,
+        })
+    }
+}
+
+fn slot(flow: Flow) -> usize {
+    match flow {
+        Flow::Inbound => 0,
+        Flow::Outbound => 1,
+        Flow::LoopbackInbound => 2,
+        Flow::LoopbackOutbound => 3,
+    }
+}
+
+type FlowWindows = [Option<DurationWindow>; 4];
+
+/// The duration windows of every pod's flows, on a clock of whole seconds since `origin`.
+pub struct Durations {
+    window: RateWindow,
+    origin: Instant,
+    pods: HashMap<PodId, FlowWindows>,
+}
+
+impl Durations {
+    pub fn new(window: RateWindow, origin: Instant) -> Self {
+        Self {
+            window,
+            origin,
+            pods: HashMap::new(),
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    /// Adds a pod's exchange duration, read at `now`.
+    pub fn observe(&mut self, now: Instant, pod: &PodId, flow: Flow, duration: Duration) {
+        let second = self.second(now);
+        let window = self.window;
+        self.pods.entry(pod.clone()).or_default()[slot(flow)]
+            .get_or_insert_with(|| DurationWindow::new(window))
+            .observe(second, duration);
+    }
+
+    /// Moves every window to `now`, so that durations older than the window leave it even
+    /// when nothing new comes.
+    pub fn advance(&mut self, now: Instant) {
+        let second = self.second(now);
+        for windows in self.pods.values_mut() {
+            for w in windows.iter_mut().flatten() {
+                w.advance(second);
+            }
+        }
+    }
+
+    /// The quantiles of a pod's flow; `None` without exchanges in the window.
+    pub fn summary(&self, pod: &PodId, flow: Flow) -> Option<DurationSummary> {
+        self.pods.get(pod)?[slot(flow)].as_ref()?.summary()
+    }
+
+    /// Forgets a pod's windows.
+    pub fn remove(&mut self, pod: &PodId) {
+        self.pods.remove(pod);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(secs: u32) -> DurationWindow {
+        DurationWindow::new(RateWindow::try_from(secs).expect("valid window"))
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Within the 1.1 % a bucket's midpoint may be off.
+    fn near(seconds: f64, expected: Duration) -> bool {
+        let e = expected.as_secs_f64();
+        (seconds - e).abs() <= e * 0.011
+    }
+
+    #[test]
+    fn every_bucket_midpoint_is_within_its_precision_of_the_durations_it_holds() {
+        for ns in [
+            1_024u64,
+            5_000,
+            80_000,
+            999_999,
+            12_345_678,
+            3_000_000_000,
+            100_000_000_000,
+        ] {
+            let d = Duration::from_nanos(ns);
+            let m = midpoint_seconds(bucket(d));
+            assert!(near(m, d), "{ns} ns reported as {m} s");
+        }
+        // Out of range: the first and the last bucket.
+        assert_eq!(bucket(Duration::ZERO), 0);
+        assert_eq!(bucket(Duration::from_secs(3600)) as usize, BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let mut w = window(30);
+        // 90 fast and 10 slow: p90 is the 90th duration (fast), p95 and p99 are slow.
+        for _ in 0..90 {
+            w.observe(0, ms(5));
+        }
+        for _ in 0..10 {
+            w.observe(0, ms(200));
+        }
+        let s = w.summary().expect("durations");
+        assert_eq!(s.exchanges, 100);
+        assert!(near(s.p50_seconds, ms(5)), "{s:?}");
+        assert!(near(s.p90_seconds, ms(5)), "{s:?}");
+        assert!(near(s.p95_seconds, ms(200)), "{s:?}");
+        assert!(near(s.p99_seconds, ms(200)), "{s:?}");
+        // One more fast one moves the 90th rank's boundary but not p95.
+        w.observe(0, ms(5));
+        assert!(near(w.quantile(0.95).expect("p95"), ms(200)));
+    }
+
+    #[test]
+    fn a_single_duration_is_every_quantile() {
+        let mut w = window(5);
+        w.observe(3, ms(42));
+        for q in [0.01, 0.5, 0.95, 1.0] {
+            assert!(near(w.quantile(q).expect("a duration"), ms(42)));
+        }
+        assert_eq!(window(5).quantile(0.95), None);
+        assert_eq!(window(5).summary(), None);
+    }
+
+    #[test]
+    fn durations_leave_after_the_window_in_whole_seconds() {
+        let mut w = window(5);
+        w.observe(10, ms(100));
+        w.observe(12, ms(1));
+        // Seconds 10..=14 are the window ending at 14: both are in.
+        w.advance(14);
+        assert_eq!(w.count(), 2);
+        assert!(near(w.quantile(1.0).expect("max"), ms(100)));
+        // At 15 second 10 has left.
+        w.advance(15);
+        assert_eq!(w.count(), 1);
+        assert!(near(w.quantile(1.0).expect("max"), ms(1)));
+        // Long idle: empty, and the buckets are clean for the next round.
+        w.advance(1_000);
+        assert_eq!(w.count(), 0);
+        assert!(w.total.iter().all(|&n| n == 0));
+        w.observe(1_000, ms(7));
+        assert!(near(w.quantile(0.5).expect("p50"), ms(7)));
+    }
+
+    #[test]
+    fn a_shifting_load_is_followed_second_by_second() {
+        let mut w = window(10);
+        // Ten seconds at 10 ms, then ten at 50 ms: after the second ten, only 50 ms is left.
+        for s in 0..10 {
+            for _ in 0..20 {
+                w.observe(s, ms(10));
+            }
+        }
+        assert!(near(w.quantile(0.95).expect("p95"), ms(10)));
+        for s in 10..20 {
+            for _ in 0..20 {
+                w.observe(s, ms(50));
+            }
+            // After k seconds of the slower load, k * 20 of the 200 durations are slow: p95
+            // turns slow once more than 5 % are.
+            let slow = (s - 9) * 20;
+            let expected = if slow * 100 > 5 * 200 { ms(50) } else { ms(10) };
+            assert!(
+                near(w.quantile(0.95).expect("p95"), expected),
+                "second {s}: {:?}",
+                w.quantile(0.95)
+            );
+        }
+        assert_eq!(w.count(), 200);
+        assert!(near(w.quantile(0.01).expect("p1"), ms(50)));
+    }
+
+    #[test]
+    fn durations_per_pod_and_flow_are_kept_apart_and_forgotten_with_the_pod() {
+        let origin = Instant::now();
+        let mut d = Durations::new(RateWindow::DEFAULT, origin);
+        let a = PodId::new("default", "a");
+        let b = PodId::new("default", "b");
+        d.observe(origin, &a, Flow::Inbound, ms(3));
+        d.observe(origin, &a, Flow::Outbound, ms(30));
+        d.observe(origin, &b, Flow::Inbound, ms(300));
+        let p95 = |pod, flow| d.summary(pod, flow).map(|s| s.p95_seconds);
+        assert!(near(p95(&a, Flow::Inbound).expect("a in"), ms(3)));
+        assert!(near(p95(&a, Flow::Outbound).expect("a out"), ms(30)));
+        assert!(near(p95(&b, Flow::Inbound).expect("b in"), ms(300)));
+        assert_eq!(d.summary(&b, Flow::Outbound), None);
+        // The window passes: nothing is left.
+        d.advance(origin + Duration::from_secs(31));
+        assert_eq!(d.summary(&a, Flow::Inbound), None);
+        d.remove(&a);
+        assert!(!d.pods.contains_key(&a));
+    }
+}

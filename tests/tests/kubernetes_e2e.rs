@@ -1,0 +1,510 @@
+//! The Kubernetes side of a node, against a real kube-apiserver and kube-controller-manager
+//! (v1.20.2), as an install runs it:
+//! - the node agent names pods with `--identity kubernetes`: a watch of its node's pods, matched
+//!   by the pod UID in kubelet cgroup paths (cgroupfs and systemd layouts);
+//! - `podmeter metrics-api` finds the agent through the EndpointSlices that the real EndpointSlice
+//!   controller makes for the agent Service of `deploy/base` (`discovery.k8s.io/v1beta1` on 1.20),
+//!   with `--agent-service` as the Deployment runs it, and a bearer token checked by TokenReview;
+//! - the HPA controller's ServiceAccount reads `http_requests_per_second` and
+//!   `http_request_duration_seconds_p95` through the aggregation layer for the pods a
+//!   Deployment's ReplicaSet created;
+//! - a deleted pod leaves the API's answer and its ReplicaSet's replacement joins it with counts of
+//!   its own.
+//!
+//! No kubelet runs: the test binds the ReplicaSet's pods to the node, runs each in a netns pod whose
+//! cgroup is where a kubelet would put it, and marks it Running with the netns address.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use podmeter_tests::{
+    AgentProcess, Cluster, Pod,
+    autoscale::start_paced_hey,
+    control_plane::{CONTROLLERS, ControlPlane, ControlPlaneOptions, Credentials, wait_until},
+    metrics_api, run,
+    scripted::ScriptedServer,
+    serial,
+};
+use serde_json::{Value, json};
+
+const SHOP: &str = "shop";
+const NODE: &str = "node-1";
+const AGENT_NAMESPACE: &str = "podmeter-system";
+/// Short, so that rates settle early and a replacement pod's rate ramps in quickly.
+const RATE_WINDOW_SECS: &str = "5";
+/// Requests per second to the two pods.
+const RATES: [u32; 2] = [20, 30];
+/// Every fifth request takes 100 ms at the server, the others 10 ms: p95 is 100 ms.
+const MIX_PATH: &str = "/mix/10/100/5";
+const SLOW_SECONDS: f64 = 0.100;
+/// How far a served rate may be from hey's.
+const TOLERANCE: f64 = 0.15;
+const HEY_FOR: Duration = Duration::from_secs(120);
+
+const RATE_PATH: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dweb";
+const P95_PATH: &str = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/shop/pods/*/http_request_duration_seconds_p95?labelSelector=app%3Dweb";
+
+const CLUSTER_OBJECTS: &str = "\
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {kubernetes.io/hostname: node-1}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: podmeter-system}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: web:1}]}
+";
+
+/// The node agent as a DaemonSet's pod on [`NODE`]: its ports name the agent API's port, which
+/// the agent Service targets by name.
+fn agent_pod_yaml(api_port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: podmeter-agent-{NODE}, namespace: {AGENT_NAMESPACE}, labels: {{app.kubernetes.io/name: podmeter-agent}}}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: agent
+    image: podmeter:0.1.0
+    ports: [{{name: api, containerPort: {api_port}}}, {{name: metrics, containerPort: {metrics}}}]
+",
+        metrics = api_port + 1
+    )
+}
+
+/// `deploy/base/agent-service.yaml`, in [`AGENT_NAMESPACE`] as the kustomization puts it.
+fn agent_service_yaml() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/agent-service.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("deploy/base/agent-service.yaml");
+    assert!(yaml.contains("\nmetadata:\n"), "{yaml}");
+    yaml.replacen(
+        "\nmetadata:\n",
+        &format!("\nmetadata:\n  namespace: {AGENT_NAMESPACE}\n"),
+        1,
+    )
+}
+
+/// Where a kubelet puts a pod's container cgroup: the cgroupfs driver's layout for the first pod,
+/// the systemd driver's for the others (container ids are 64 hex digits).
+fn kubelet_cgroup(uid: &str, systemd: bool) -> PathBuf {
+    let container = uid.replace('-', "").repeat(2);
+    if systemd {
+        PathBuf::from(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
+            uid.replace('-', "_")
+        ))
+    } else {
+        PathBuf::from(format!("kubepods/besteffort/pod{uid}/{container}"))
+    }
+}
+
+/// The ReplicaSet's pods in [`SHOP`] without a node yet, by name with their UIDs.
+fn unbound_pods(cp: &ControlPlane) -> anyhow::Result<BTreeMap<String, String>> {
+    let list = cp.get_json("/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb")?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Binds pod `name` of [`SHOP`] to [`NODE`], as the scheduler would.
+fn bind(cp: &ControlPlane, name: &str) {
+    cp.post_json(
+        &format!("/api/v1/namespaces/shop/pods/{name}/binding"),
+        &json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+        }),
+    )
+    .unwrap_or_else(|e| panic!("binding {name}: {e:#}"));
+}
+
+/// A Quantity as the metrics API writes values: an integer, or milli-units with `m`.
+fn quantity(value: &str) -> f64 {
+    match value.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
+        None => value.parse().unwrap_or(f64::NAN),
+    }
+}
+
+/// `kubectl get --raw path` as `who`: the served value per pod name.
+fn served(
+    cp: &ControlPlane,
+    who: &Credentials,
+    path: &str,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let out = cp
+        .kubectl_as(who, &["get", "--raw", path])?
+        .check("kubectl get --raw")?;
+    let list: Value = serde_json::from_str(&out.stdout)?;
+    anyhow::ensure!(list["kind"] == "MetricValueList", "{list}");
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            (
+                item["describedObject"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                quantity(item["value"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
+/// The agent's `/v1/pods`, with the bearer token its API requires.
+fn agent_pods(agent: &AgentProcess, token: &str) -> Value {
+    let mut curl = Command::new("curl");
+    curl.args(["-sf", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{}/v1/pods", agent.base_url()));
+    let out = run(curl, Duration::from_secs(10)).expect("curl the agent");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+fn entry<'a>(pods: &'a Value, name: &str) -> Option<&'a Value> {
+    pods["pods"]
+        .as_array()?
+        .iter()
+        .find(|p| p["namespace"] == SHOP && p["name"] == name)
+}
+
+fn within(value: f64, expected: f64) -> bool {
+    (value - expected).abs() <= expected * TOLERANCE
+}
+
+/// The p95 of a pod whose every fifth request takes 100 ms: 100 ms, within a bucket's 1.1 % and a
+/// few milliseconds of server overhead, in the API's whole milli-units.
+fn slow_p95(value: f64) -> bool {
+    (SLOW_SECONDS * 0.989 - 0.001..=SLOW_SECONDS + 0.010).contains(&value)
+}
+
+/// One replica: the Pod's name and UID, and its netns pod.
+struct Replica<'c> {
+    name: String,
+    uid: String,
+    pod: Pod<'c>,
+}
+
+/// Runs the ReplicaSet's unbound pod `name` on the node: binds it, makes its netns pod in the
+/// kubelet cgroup layout, and (once `serve` started its server) marks it Running.
+fn place<'c>(
+    cp: &ControlPlane,
+    cluster: &'c Cluster,
+    name: &str,
+    uid: &str,
+    systemd: bool,
+) -> Replica<'c> {
+    bind(cp, name);
+    let pod = cluster
+        .pod_in_cgroup(SHOP, name, &kubelet_cgroup(uid, systemd))
+        .expect("netns pod");
+    Replica {
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        pod,
+    }
+}
+
+fn mark_running(cp: &ControlPlane, replica: &Replica<'_>) {
+    cp.mark_pod_running(SHOP, &replica.name, &replica.pod.ip().to_string())
+        .expect("mark the Pod Running");
+}
+
+#[test]
+fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointslices() {
+    let _serial = serial();
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        controller_manager_args: vec![format!("--controllers={CONTROLLERS},endpointslice")],
+        ..ControlPlaneOptions::default()
+    })
+    .expect("control plane starts");
+    println!("control plane ready in {:?}", cp.startup_time());
+    cp.apply(CLUSTER_OBJECTS)
+        .expect("node, namespaces, Deployment");
+
+    // The node agent: its own ServiceAccount, pods named from the API, callers' tokens checked.
+    cp.apply(metrics_api::AGENT_RBAC).expect("agent RBAC");
+    let agent_identity = cp
+        .service_account_credentials(
+            metrics_api::NAMESPACE,
+            metrics_api::AGENT_NAME,
+            Duration::from_secs(3600),
+        )
+        .expect("agent ServiceAccount token");
+    let cluster = Cluster::new().expect("cluster");
+    // The agent listens on the bridge's address: the address of its pod, which other processes
+    // (here the metrics API) reach.
+    let agent = AgentProcess::start_listening(
+        cluster.cgroup_root(),
+        &format!("{}:0", cluster.gateway()),
+        &[
+            "--identity",
+            "kubernetes",
+            "--node-name",
+            NODE,
+            "--kubeconfig",
+            agent_identity.kubeconfig().to_str().expect("utf-8 path"),
+            "--api-auth",
+            "token-review",
+            "--rate-window-secs",
+            RATE_WINDOW_SECS,
+            "--pod-grace-secs",
+            "5",
+        ],
+    )
+    .expect("node agent");
+    let api_port: u16 = agent
+        .base_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the agent's port");
+
+    // The agent's Service from deploy/base and its DaemonSet pod, Running at the agent's address:
+    // the EndpointSlice controller lists it.
+    cp.apply(&agent_service_yaml()).expect("agent Service");
+    cp.apply(&agent_pod_yaml(api_port)).expect("agent pod");
+    cp.mark_pod_running(
+        AGENT_NAMESPACE,
+        &format!("podmeter-agent-{NODE}"),
+        &cluster.gateway().to_string(),
+    )
+    .expect("agent pod Running");
+    let slices = wait_until(Duration::from_secs(30), "the agent Service's EndpointSlice", || {
+        let list = cp.get_json(
+            "/apis/discovery.k8s.io/v1beta1/namespaces/podmeter-system/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dpodmeter-agent",
+        )?;
+        let ready = list["items"].as_array().is_some_and(|items| {
+            items.iter().any(|s| {
+                s["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["conditions"]["ready"] == true))
+            })
+        });
+        Ok(ready.then_some(list))
+    })
+    .expect("EndpointSlice");
+    println!("EndpointSlices of podmeter-agent: {}", slices["items"]);
+
+    // The metrics API discovers the agent as its Deployment does: by the Service's slices.
+    let service = format!("{AGENT_NAMESPACE}/podmeter-agent");
+    let metrics_api = metrics_api::start_registered(
+        &cp,
+        &[
+            "--agent-service",
+            &service,
+            "--agent-port-name",
+            "api",
+            "--staleness-secs",
+            "5",
+        ],
+    )
+    .expect("metrics API");
+    let token = std::fs::read_to_string(metrics_api.agent_token_file().expect("token file"))
+        .expect("metrics API token");
+    for name in [
+        "v1beta1.custom.metrics.k8s.io",
+        "v1beta2.custom.metrics.k8s.io",
+    ] {
+        wait_until(Duration::from_secs(60), name, || {
+            Ok(metrics_api::apiservice_available(&cp, name)?
+                .0
+                .then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("APIService {name} Available: {e:#}"));
+    }
+
+    // The ReplicaSet's two pods, bound to the node and run where a kubelet would run them.
+    let created = wait_until(Duration::from_secs(30), "the ReplicaSet's two pods", || {
+        let pods = unbound_pods(&cp)?;
+        Ok((pods.len() == 2).then_some(pods))
+    })
+    .expect("pods");
+    let mut created = created.into_iter();
+    let (name, uid) = created.next().expect("first pod");
+    let first = place(&cp, &cluster, &name, &uid, false);
+    let (name, uid) = created.next().expect("second pod");
+    let second = place(&cp, &cluster, &name, &uid, true);
+    let client = cluster.pod("load", "client").expect("client pod");
+    let first_server = ScriptedServer::start(&first.pod).expect("server in the first pod");
+    let second_server = ScriptedServer::start(&second.pod).expect("server in the second pod");
+    for replica in [&first, &second] {
+        mark_running(&cp, replica);
+    }
+    let first_load = start_paced_hey(
+        &client,
+        &first_server.url(MIX_PATH),
+        RATES[0],
+        HEY_FOR,
+        format!("hey {}", first.name),
+    )
+    .expect("hey");
+    let _second_load = start_paced_hey(
+        &client,
+        &second_server.url(MIX_PATH),
+        RATES[1],
+        HEY_FOR,
+        format!("hey {}", second.name),
+    )
+    .expect("hey");
+    let load_started = Instant::now();
+
+    // Through the aggregation layer, as the HPA controller: each pod's rate and p95.
+    let hpa = cp
+        .service_account_credentials(
+            "kube-system",
+            "horizontal-pod-autoscaler",
+            Duration::from_secs(3600),
+        )
+        .expect("HPA controller token");
+    let expected = BTreeMap::from([
+        (first.name.clone(), f64::from(RATES[0])),
+        (second.name.clone(), f64::from(RATES[1])),
+    ]);
+    let (rates, p95) = wait_until(
+        Duration::from_secs(40),
+        "rates and p95 of both pods",
+        || {
+            let rates = served(&cp, &hpa, RATE_PATH)?;
+            let p95 = served(&cp, &hpa, P95_PATH)?;
+            println!(
+                "at {:?}: rates {rates:?}, p95 {p95:?}",
+                load_started.elapsed()
+            );
+            let ok = rates.len() == 2
+                && p95.len() == 2
+                && expected
+                    .iter()
+                    .all(|(name, &rate)| rates.get(name).is_some_and(|&r| within(r, rate)))
+                && p95.values().all(|&v| slow_p95(v));
+            Ok(ok.then_some((rates, p95)))
+        },
+    )
+    .expect("the HPA's view of the Deployment's pods");
+    println!(
+        "HPA service account read rates {rates:?} and p95 {p95:?} {:?} after the load started",
+        load_started.elapsed()
+    );
+
+    // The agent named them from the API: namespace, name, UID and the owning Deployment. The
+    // client's cgroup is no kubelet pod's: its requests count for no pod.
+    let pods = agent_pods(&agent, &token);
+    for replica in [&first, &second] {
+        let e = entry(&pods, &replica.name).unwrap_or_else(|| panic!("{} in {pods}", replica.name));
+        assert_eq!(e["uid"], replica.uid.as_str(), "{e}");
+        assert_eq!(
+            e["workload"],
+            json!({"kind": "Deployment", "name": "web"}),
+            "{e}"
+        );
+    }
+    assert!(
+        pods["unattributed"]["outbound"]["requests"].as_u64() > Some(0),
+        "{}",
+        pods["unattributed"]
+    );
+    assert!(
+        pods["pods"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["namespace"] == SHOP)),
+        "{pods}"
+    );
+
+    // Churn: the first pod is deleted (its load, server and netns pod go) and the ReplicaSet
+    // makes a replacement, which runs under the same load.
+    drop(first_load);
+    drop(first_server);
+    let deleted = first.name.clone();
+    cp.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        SHOP,
+        &deleted,
+        "--grace-period=0",
+        "--force",
+    ])
+    .expect("kubectl delete")
+    .check("kubectl delete pod")
+    .expect("pod deleted");
+    drop(first);
+    let deleted_at = Instant::now();
+    let (name, uid) = wait_until(Duration::from_secs(30), "the replacement pod", || {
+        Ok(unbound_pods(&cp)?.into_iter().next())
+    })
+    .expect("replacement");
+    let replacement = place(&cp, &cluster, &name, &uid, false);
+    let replacement_server =
+        ScriptedServer::start(&replacement.pod).expect("server in the replacement");
+    mark_running(&cp, &replacement);
+    let hey_started = Instant::now();
+    let replacement_load = start_paced_hey(
+        &client,
+        &replacement_server.url(MIX_PATH),
+        RATES[0],
+        HEY_FOR,
+        format!("hey {}", replacement.name),
+    )
+    .expect("hey");
+    let after = wait_until(Duration::from_secs(40), "the replacement's rate", || {
+        let rates = served(&cp, &hpa, RATE_PATH)?;
+        println!("{:?} after the delete: {rates:?}", deleted_at.elapsed());
+        let names: BTreeSet<&str> = rates.keys().map(String::as_str).collect();
+        let ok = names == BTreeSet::from([second.name.as_str(), replacement.name.as_str()])
+            && rates
+                .get(&replacement.name)
+                .is_some_and(|&r| within(r, f64::from(RATES[0])));
+        Ok(ok.then_some(rates))
+    })
+    .expect("the replacement takes the deleted pod's place");
+    println!("after the delete: {after:?}");
+
+    // The replacement's counts are its own: no more than its hey has sent since it started.
+    drop(replacement_load);
+    let sent_bound = f64::from(RATES[0]) * hey_started.elapsed().as_secs_f64() * (1.0 + TOLERANCE);
+    let pods = agent_pods(&agent, &token);
+    let e = entry(&pods, &replacement.name).expect("replacement listed");
+    assert_eq!(e["uid"], replacement.uid.as_str());
+    let counted = e["inbound"]["requests"].as_f64().expect("requests");
+    assert!(
+        counted > 0.0 && counted <= sent_bound,
+        "the replacement counted {counted}, more than its hey could send ({sent_bound:.0})"
+    );
+    drop(replacement_server);
+    drop(replacement);
+    drop(second_server);
+    drop(metrics_api);
+    drop(agent);
+}
