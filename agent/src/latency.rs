@@ -180,7 +180,14 @@ impl Durations {
     pub fn observe(&mut self, now: Instant, pod: &PodId, flow: Flow, duration: Duration) {
         let second = self.second(now);
         let window = self.window;
-        self.pods.entry(pod.clone()).or_default()[slot(flow)]
+        // Once per exchange: clone the pod's name only the first time it is seen.
+        if !self.pods.contains_key(pod) {
+            self.pods.insert(pod.clone(), FlowWindows::default());
+        }
+        let Some(windows) = self.pods.get_mut(pod) else {
+            return;
+        };
+        windows[slot(flow)]
             .get_or_insert_with(|| DurationWindow::new(window))
             .observe(second, duration);
     }

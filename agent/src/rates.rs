@@ -1,30 +1,33 @@
-//! Requests per second per pod: a sliding window of per-second buckets fed by the exact kernel
-//! counters (never by the event stream, which may lose events).
+//! Requests per second per pod over a sliding window, from the exact kernel counters (never from
+//! the event stream, which may lose events).
 //!
 //! Semantics, for a window of `W` seconds (5..=300, default 30):
-//! - Every counter read books the requests counted since the previous read, spread evenly over
-//!   the time between the two reads, into per-second buckets. A stalled read therefore spreads its
-//!   requests over the stall instead of piling them into one second.
-//! - The rate at the time `t` of the latest read is the number of requests in `(t - W, t]` divided
-//!   by `W`; the oldest second, which the window only partly covers, counts with the covered
-//!   fraction. Under a constant load the rate is exactly that load, whatever the read cadence.
-//! - A served request is in the rate at the next counter read (every 250 ms by default).
+//! - Every counter read (every 250 ms by default) adds the requests counted since the previous
+//!   read to each flow's running total. The window keeps the totals as they were at earlier reads,
+//!   one about every `W / 120` seconds (every read at the default 250 ms and `W <= 30`).
+//! - The rate at the time `t` of the latest read is `(total(t) - total(s)) / (t - s)`, where `s` is
+//!   the latest kept read at or before `t - W`: the exact count over a span of `W` seconds plus at
+//!   most `W / 120` seconds (and a read interval), divided by that span's exact length. Under a
+//!   constant load the rate is exactly that load, whatever the read cadence, and a load that comes
+//!   in bursts (a client firing on a timer) is off by at most one burst over the span.
+//! - A served request is in the rate at the next counter read.
 //! - A step change ramps in linearly: `x` seconds after the load changes from `a` to `b` the rate
-//!   is `a + (b - a) * x / W`; it reaches 90 % of the step after `0.9 W` seconds (plus at most one
-//!   read interval). E.g. with `W = 30`, 5 s after a load of 100 req/s doubles the rate is
-//!   `100 + 100 * 5 / 30 = 116.7` req/s.
-//! - Right after start-up the window is only partly filled: the count is divided by the time
-//!   since start-up instead of `W` (but at least by one second), so an agent restarted under load
+//!   is `a + (b - a) * x / span`, `span` being `W` or a little more; it reaches 90 % of the step
+//!   after about `0.9 W` seconds. E.g. with `W = 30`, 5 s after a load of 100 req/s doubles the rate
+//!   is about `100 + 100 * 5 / 30 = 116.7` req/s.
+//! - A stalled read (the agent not scheduled for seconds) changes nothing: the counts are
+//!   cumulative, so the requests of the stall are in the span they happened in.
+//! - Right after start-up the window is only partly filled: the span starts at start-up, when every
+//!   counter was zero (but is taken as at least one second), so an agent restarted under load
 //!   reports that load at once instead of ramping up from zero. A pod that appears later needs no
 //!   special case: the agent was watching and saw it serve nothing before.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
 use crate::{dedup::Flow, pods::PodId};
-
 /// The length of the sliding window, in whole seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow(u32);
@@ -66,116 +69,29 @@ impl TryFrom<u32> for RateWindow {
     }
 }
 
-/// Per-second buckets of one counter, on a clock of seconds since some origin.
-///
-/// `buckets[s % len]` holds second `[s, s + 1)` for the `len` seconds up to `newest`; a bucket is
-/// cleared when the clock moves past it, so an idle window needs no upkeep.
+/// How many reads per window are kept: enough that the span is `W` plus at most 1/120th, and
+/// every read at the default cadence (250 ms) for windows up to 30 s.
+const KEPT_PER_WINDOW: f64 = 120.0;
+
+/// One flow's running total and its value at each kept read (aligned with [`Rates::kept`]).
 #[derive(Clone, Debug)]
-pub struct Window {
-    secs: u32,
-    buckets: Box<[f64]>,
-    newest: u64,
+struct Total {
+    now: u64,
+    kept: VecDeque<u64>,
 }
 
-impl Window {
-    pub fn new(window: RateWindow) -> Self {
-        // One more bucket than the window is long: the oldest second is partly inside it.
-        let len = window.secs() as usize + 1;
+impl Total {
+    /// A flow seen for the first time: it was zero at every kept read.
+    fn new(kept: usize) -> Self {
         Self {
-            secs: window.secs(),
-            buckets: vec![0.0; len].into_boxed_slice(),
-            newest: 0,
+            now: 0,
+            kept: std::iter::repeat_n(0, kept).collect(),
         }
-    }
-
-    fn len(&self) -> u64 {
-        self.buckets.len() as u64
-    }
-
-    fn index(&self, second: u64) -> usize {
-        (second % self.len()) as usize
-    }
-
-    /// Whether the bucket of `second` holds that second (and not an older or no second).
-    fn holds(&self, second: u64) -> bool {
-        second <= self.newest && second + self.len() > self.newest
-    }
-
-    /// Moves the newest second forward to `second`, clearing the buckets it passes.
-    fn advance(&mut self, second: u64) {
-        if second <= self.newest {
-            return;
-        }
-        let passed = (second - self.newest).min(self.len());
-        for s in second + 1 - passed..=second {
-            let i = self.index(s);
-            self.buckets[i] = 0.0;
-        }
-        self.newest = second;
-    }
-
-    /// Books `count` requests that happened evenly over `[from, to)` (seconds on the clock).
-    /// Callers book in time order; what falls before the buckets kept is outside any window.
-    pub fn add(&mut self, from: f64, to: f64, count: f64) {
-        if count == 0.0 || !to.is_finite() || to < 0.0 {
-            return;
-        }
-        let from = from.clamp(0.0, to);
-        if to - from < 1e-9 {
-            // The second that ends at `to`.
-            let second = (to.ceil() as u64).saturating_sub(1);
-            self.advance(second);
-            if self.holds(second) {
-                let i = self.index(second);
-                self.buckets[i] += count;
-            }
-            return;
-        }
-        let per_second = count / (to - from);
-        // Only the last `len` seconds can be inside a window; the rest need not be visited.
-        let start = from.max(to - self.len() as f64);
-        let last = (to.ceil() as u64).saturating_sub(1).max(start as u64);
-        self.advance(last);
-        for second in start as u64..=last {
-            let s = second as f64;
-            let overlap = (to.min(s + 1.0) - start.max(s)).max(0.0);
-            if overlap > 0.0 && self.holds(second) {
-                let i = self.index(second);
-                self.buckets[i] += per_second * overlap;
-            }
-        }
-    }
-
-    /// Requests in `(at - W, at]`, where `at` is the time up to which everything was booked.
-    pub fn sum(&self, at: f64) -> f64 {
-        let from = at - f64::from(self.secs);
-        let mut sum = 0.0;
-        for second in from.max(0.0) as u64..=at as u64 {
-            if !self.holds(second) {
-                continue;
-            }
-            let s = second as f64;
-            // The bucket's requests lie in [s, min(s + 1, at)); count the part inside the window.
-            let filled = at.min(s + 1.0) - s;
-            if filled <= 0.0 {
-                continue;
-            }
-            let inside = at.min(s + 1.0) - from.max(s);
-            sum += self.buckets[self.index(second)] * (inside / filled).clamp(0.0, 1.0);
-        }
-        sum
-    }
-
-    /// Requests per second at `at`, `at` seconds after the clock's origin (start-up).
-    pub fn rate(&self, at: f64) -> f64 {
-        let covered = at.clamp(1.0, f64::from(self.secs));
-        self.sum(at) / covered
     }
 }
 
-/// The four flows of a pod, each with a window once it saw a request.
-#[derive(Clone, Debug, Default)]
-struct FlowWindows([Option<Window>; 4]);
+/// The four flows of a pod, each with a total once it saw a request.
+type FlowTotals = [Option<Total>; 4];
 
 fn slot(flow: Flow) -> usize {
     match flow {
@@ -186,14 +102,18 @@ fn slot(flow: Flow) -> usize {
     }
 }
 
-/// The windows of every pod, on one clock that starts when the agent starts counting.
+/// The running totals of every pod's flows, on one clock that starts when the agent starts
+/// counting (when every kernel counter was zero).
 pub struct Rates {
     window: RateWindow,
     origin: Instant,
-    /// Seconds since `origin` up to which every counter delta has been booked.
+    /// Seconds since `origin` of the latest read.
     booked_to: f64,
-    pods: HashMap<PodId, FlowWindows>,
-    unattributed: FlowWindows,
+    /// Seconds since `origin` of the kept reads, oldest first; the first is the origin until the
+    /// window has passed it.
+    kept: VecDeque<f64>,
+    pods: HashMap<PodId, FlowTotals>,
+    unattributed: FlowTotals,
 }
 
 impl Rates {
@@ -203,13 +123,21 @@ impl Rates {
             window,
             origin,
             booked_to: 0.0,
+            kept: VecDeque::from([0.0]),
             pods: HashMap::new(),
-            unattributed: FlowWindows::default(),
+            unattributed: FlowTotals::default(),
         }
     }
 
     pub fn window(&self) -> RateWindow {
         self.window
+    }
+
+    fn all_totals(&mut self) -> impl Iterator<Item = &mut Total> {
+        self.pods
+            .values_mut()
+            .chain(std::iter::once(&mut self.unattributed))
+            .flat_map(|flows| flows.iter_mut().flatten())
     }
 
     /// Books the counter deltas of one read taken at `now`: they happened since the previous read.
@@ -219,43 +147,69 @@ impl Rates {
         now: Instant,
         deltas: impl IntoIterator<Item = (Option<&'a PodId>, Flow, u64)>,
     ) {
-        let from = self.booked_to;
-        let to = now
+        let t = now
             .saturating_duration_since(self.origin)
             .as_secs_f64()
-            .max(from);
+            .max(self.booked_to);
+        let kept = self.kept.len();
         for (pod, flow, requests) in deltas {
             if requests == 0 {
                 continue;
             }
-            let windows = match pod {
+            let flows = match pod {
                 Some(pod) => self.pods.entry(pod.clone()).or_default(),
                 None => &mut self.unattributed,
             };
-            windows.0[slot(flow)]
-                .get_or_insert_with(|| Window::new(self.window))
-                .add(from, to, requests as f64);
+            flows[slot(flow)]
+                .get_or_insert_with(|| Total::new(kept))
+                .now += requests;
         }
-        self.booked_to = to;
+        self.booked_to = t;
+        // Keep this read if the last kept one is old enough.
+        let spacing = f64::from(self.window.secs()) / KEPT_PER_WINDOW;
+        if self.kept.back().is_none_or(|&last| t - last >= spacing) {
+            self.kept.push_back(t);
+            for total in self.all_totals() {
+                total.kept.push_back(total.now);
+            }
+        }
+        // Forget kept reads older than the latest one at or before t - W.
+        let start = t - f64::from(self.window.secs());
+        let mut forget = 0;
+        while self.kept.len() > 1 && self.kept[1] <= start {
+            self.kept.pop_front();
+            forget += 1;
+        }
+        if forget > 0 {
+            for total in self.all_totals() {
+                total.kept.drain(..forget);
+            }
+        }
     }
 
     /// Requests per second of a pod's flow (`None`: sockets of no pod) at the latest read.
     pub fn rate(&self, pod: Option<&PodId>, flow: Flow) -> f64 {
-        let windows = match pod {
+        let flows = match pod {
             Some(pod) => self.pods.get(pod),
             None => Some(&self.unattributed),
         };
-        windows
-            .and_then(|w| w.0[slot(flow)].as_ref())
-            .map_or(0.0, |w| w.rate(self.booked_to))
+        let Some(total) = flows.and_then(|f| f[slot(flow)].as_ref()) else {
+            return 0.0;
+        };
+        // The oldest kept read is the latest one at or before t - W (or the origin).
+        let (Some(&from), Some(&count_then)) = (self.kept.front(), total.kept.front()) else {
+            return 0.0;
+        };
+        let span = (self.booked_to - from).max(1.0);
+        (total.now - count_then) as f64 / span
     }
 
-    /// Pods with a window.
+    /// Pods with a total.
     pub fn pods(&self) -> impl Iterator<Item = &PodId> {
         self.pods.keys()
     }
 
-    /// Forgets a pod's windows.
+    /// Forgets a pod's totals.
     pub fn remove(&mut self, pod: &PodId) {
         self.pods.remove(pod);
     }
@@ -264,24 +218,49 @@ impl Rates {
     pub fn booked_to(&self) -> Duration {
         Duration::from_secs_f64(self.booked_to)
     }
+
+    /// Kept reads, for tests of the memory bound.
+    #[cfg(test)]
+    fn kept_reads(&self) -> usize {
+        self.kept.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn window(secs: u32) -> Window {
-        Window::new(RateWindow::try_from(secs).expect("valid window"))
+    const POD: &str = "web";
+
+    fn rates(secs: u32) -> (Rates, Instant, PodId) {
+        let t0 = Instant::now();
+        let rates = Rates::new(RateWindow::try_from(secs).expect("valid window"), t0);
+        (rates, t0, PodId::new("shop", POD))
     }
 
-    /// Feeds `rate` requests per second in reads every `step` seconds over `[from, to)`.
-    fn feed(w: &mut Window, from: f64, to: f64, step: f64, rate: f64) {
-        let mut t = from;
-        while t < to - 1e-9 {
-            let next = (t + step).min(to);
-            w.add(t, next, rate * (next - t));
-            t = next;
+    fn at(t0: Instant, secs: f64) -> Instant {
+        t0 + Duration::from_secs_f64(secs)
+    }
+
+    /// Reads every `step` seconds over `(from, to]`, each booking `per_read` requests of `pod`.
+    fn feed(
+        r: &mut Rates,
+        t0: Instant,
+        pod: &PodId,
+        (from, to): (f64, f64),
+        step: f64,
+        per_read: u64,
+    ) {
+        // Whole steps only, each at its exact time (no accumulated rounding).
+        let steps = ((to - from) / step + 1e-9).floor() as u64;
+        for i in 1..=steps {
+            let t = from + step * i as f64;
+            r.book(at(t0, t), [(Some(pod), Flow::Inbound, per_read)]);
         }
+    }
+
+    fn inbound(r: &Rates, pod: &PodId) -> f64 {
+        r.rate(Some(pod), Flow::Inbound)
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -299,102 +278,140 @@ mod tests {
 
     #[test]
     fn constant_load_is_reported_exactly_whatever_the_read_cadence() {
-        for step in [0.25, 0.1, 0.7, 1.0, 1.3] {
-            let mut w = window(30);
-            feed(&mut w, 0.0, 100.0, step, 40.0);
-            assert!(close(w.rate(100.0), 40.0), "step {step}: {}", w.rate(100.0));
+        // 40 req/s read every 0.1, 0.25, 0.7, 1 and 1.3 s.
+        for (step, per_read) in [(0.1, 4), (0.25, 10), (0.7, 28), (1.0, 40), (1.3, 52)] {
+            let (mut r, t0, pod) = rates(30);
+            feed(&mut r, t0, &pod, (0.0, 100.0), step, per_read);
+            assert!(
+                close(inbound(&r, &pod), 40.0),
+                "step {step}: {}",
+                inbound(&r, &pod)
+            );
         }
     }
 
     #[test]
-    fn a_single_request_shows_at_the_next_read() {
-        let mut w = window(30);
-        w.add(10.0, 10.25, 1.0);
-        assert!(close(w.sum(10.25), 1.0));
-        assert!(close(w.rate(10.25), 1.0 / 10.25));
-        // It counts fully for W seconds, then leaves within the next second (the window does not
-        // know where inside its second a request fell).
-        assert!(close(w.sum(40.0), 1.0));
-        assert!(close(w.sum(40.5), 0.5));
-        assert!(close(w.sum(41.0), 0.0));
+    fn bursts_on_a_timer_are_off_by_at_most_one_burst_over_the_span() {
+        // 10 requests at once every 0.2 s (50 req/s), read every 0.25 s: whatever the phase, the
+        // rate is within one burst over the span of 50.
+        for phase in [0.0, 0.05, 0.1, 0.15] {
+            let (mut r, t0, pod) = rates(30);
+            let mut next_burst = phase;
+            let mut t = 0.0;
+            while t < 95.0 {
+                t += 0.25;
+                let mut burst = 0;
+                while next_burst <= t {
+                    burst += 10;
+                    next_burst += 0.2;
+                }
+                r.book(at(t0, t), [(Some(&pod), Flow::Inbound, burst)]);
+                if t > 35.0 {
+                    let rate = inbound(&r, &pod);
+                    assert!(
+                        (rate - 50.0).abs() <= 10.0 / 30.0 + 1e-9,
+                        "phase {phase} at {t}: {rate}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_single_request_shows_at_the_next_read_and_leaves_after_the_window() {
+        let (mut r, t0, pod) = rates(30);
+        feed(&mut r, t0, &pod, (0.0, 10.0), 0.25, 0);
+        r.book(at(t0, 10.25), [(Some(&pod), Flow::Inbound, 1)]);
+        assert!(close(inbound(&r, &pod), 1.0 / 10.25));
+        feed(&mut r, t0, &pod, (10.25, 40.0), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 1.0 / 30.0));
+        // The span starts at the latest kept read at or before t - W (every read here, W/120 =
+        // 0.25 s): at 40.25 that is the read at 10.25, which counted the request.
+        feed(&mut r, t0, &pod, (40.0, 40.25), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 0.0));
+        // With W = 60 one read in two is kept: the request stays until the next kept one.
+        let (mut r, t0, pod) = rates(60);
+        feed(&mut r, t0, &pod, (0.0, 10.0), 0.25, 0);
+        r.book(at(t0, 10.25), [(Some(&pod), Flow::Inbound, 1)]);
+        feed(&mut r, t0, &pod, (10.25, 70.25), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 1.0 / 60.25));
+        feed(&mut r, t0, &pod, (70.25, 70.5), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 0.0));
     }
 
     #[test]
     fn a_step_change_ramps_in_linearly() {
-        let mut w = window(30);
-        feed(&mut w, 0.0, 60.0, 0.25, 100.0);
-        assert!(close(w.rate(60.0), 100.0));
-        feed(&mut w, 60.0, 65.0, 0.25, 200.0);
+        let (mut r, t0, pod) = rates(30);
+        feed(&mut r, t0, &pod, (0.0, 60.0), 0.25, 25);
+        assert!(close(inbound(&r, &pod), 100.0));
+        feed(&mut r, t0, &pod, (60.0, 65.0), 0.25, 50);
         // 5 s after the load doubled: 100 + 100 * 5/30.
-        assert!(close(w.rate(65.0), 100.0 + 100.0 * 5.0 / 30.0));
-        feed(&mut w, 65.0, 60.0 + 27.0, 0.25, 200.0);
+        assert!(
+            close(inbound(&r, &pod), 100.0 + 100.0 * 5.0 / 30.0),
+            "{}",
+            inbound(&r, &pod)
+        );
+        feed(&mut r, t0, &pod, (65.0, 87.0), 0.25, 50);
         // 90 % of the step after 0.9 W.
-        assert!(close(w.rate(87.0), 190.0), "{}", w.rate(87.0));
-        feed(&mut w, 87.0, 90.0, 0.25, 200.0);
-        assert!(close(w.rate(90.0), 200.0));
+        assert!(close(inbound(&r, &pod), 190.0), "{}", inbound(&r, &pod));
+        feed(&mut r, t0, &pod, (87.0, 90.0), 0.25, 50);
+        assert!(close(inbound(&r, &pod), 200.0));
     }
 
     #[test]
     fn a_step_down_to_zero_decays_and_ends_at_zero() {
-        let mut w = window(10);
-        feed(&mut w, 0.0, 20.0, 0.25, 50.0);
-        // No reads with requests after 20 s: the rate falls linearly to zero.
-        assert!(close(w.rate(25.0), 25.0));
-        assert!(close(w.rate(30.0), 0.0));
-        assert!(close(w.rate(1_000.0), 0.0));
+        let (mut r, t0, pod) = rates(10);
+        feed(&mut r, t0, &pod, (0.0, 20.0), 0.25, 12);
+        assert!(close(inbound(&r, &pod), 48.0));
+        // Reads without requests after 20 s: the rate falls linearly to zero.
+        feed(&mut r, t0, &pod, (20.0, 25.0), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 24.0));
+        feed(&mut r, t0, &pod, (25.0, 30.0), 0.25, 0);
+        assert!(close(inbound(&r, &pod), 0.0));
+        feed(&mut r, t0, &pod, (30.0, 1_000.0), 1.0, 0);
+        assert!(close(inbound(&r, &pod), 0.0));
     }
 
     #[test]
-    fn a_gap_in_reads_spreads_its_requests_over_the_gap() {
-        let mut w = window(10);
-        feed(&mut w, 0.0, 20.0, 0.25, 10.0);
-        // The agent stalled for 4 s; the read after the stall books 40 requests.
-        w.add(20.0, 24.0, 40.0);
-        assert!(close(w.rate(24.0), 10.0));
-        // A stall longer than the window only keeps what lies inside it.
-        w.add(24.0, 54.0, 300.0);
-        assert!(close(w.rate(54.0), 10.0));
+    fn a_stalled_read_counts_its_requests_over_the_time_they_took() {
+        let (mut r, t0, pod) = rates(10);
+        feed(&mut r, t0, &pod, (0.0, 20.0), 0.25, 3);
+        // The agent stalled for 4 s; the read after the stall books 48 requests (12 req/s).
+        r.book(at(t0, 24.0), [(Some(&pod), Flow::Inbound, 48)]);
+        assert!(close(inbound(&r, &pod), 12.0));
+        // A stall longer than the window: its average.
+        r.book(at(t0, 54.0), [(Some(&pod), Flow::Inbound, 360)]);
+        assert!(close(inbound(&r, &pod), 12.0));
     }
 
     #[test]
-    fn buckets_wrap_around_many_times_without_leftovers() {
-        let mut w = window(5);
-        // 1000 s of reads at 3 req/s wrap the 6 buckets ~170 times.
-        feed(&mut w, 0.0, 1_000.0, 0.25, 3.0);
-        assert!(close(w.rate(1_000.0), 3.0));
-        // Then an idle stretch that is not a multiple of the ring length.
-        w.add(1_000.0, 1_013.5, 0.0);
-        assert!(close(w.rate(1_013.5), 0.0));
-        w.add(1_013.5, 1_014.0, 2.0);
-        assert!(close(w.sum(1_014.0), 2.0));
-    }
-
-    #[test]
-    fn the_oldest_second_counts_with_the_part_inside_the_window() {
-        let mut w = window(5);
-        w.add(0.0, 1.0, 10.0); // second 0
-        w.add(1.0, 5.0, 0.0);
-        // At 5.5 the window is (0.5, 5.5]: half of second 0 is inside.
-        assert!(close(w.sum(5.5), 5.0));
-        assert!(close(w.sum(6.0), 0.0));
+    fn kept_reads_stay_bounded_over_a_long_run() {
+        for secs in [5, 30, 300] {
+            let (mut r, t0, pod) = rates(secs);
+            feed(&mut r, t0, &pod, (0.0, 2_000.0), 0.01, 1);
+            assert!(
+                close(inbound(&r, &pod), 100.0),
+                "{secs}: {}",
+                inbound(&r, &pod)
+            );
+            assert!(r.kept_reads() <= 122, "{secs}: {}", r.kept_reads());
+        }
     }
 
     #[test]
     fn a_partly_filled_window_after_start_up_divides_by_the_time_covered() {
-        let mut w = window(30);
-        feed(&mut w, 0.0, 6.0, 0.25, 50.0);
-        assert!(close(w.rate(6.0), 50.0));
+        let (mut r, t0, pod) = rates(30);
+        feed(&mut r, t0, &pod, (0.0, 6.0), 0.25, 10);
+        assert!(close(inbound(&r, &pod), 40.0));
         // Before one second has passed, the divisor is one second.
-        let mut young = window(30);
-        young.add(0.0, 0.25, 12.0);
-        assert!(close(young.rate(0.25), 12.0));
+        let (mut young, t0, pod) = rates(30);
+        young.book(at(t0, 0.25), [(Some(&pod), Flow::Inbound, 12)]);
+        assert!(close(inbound(&young, &pod), 12.0));
     }
 
     #[test]
     fn rates_per_pod_use_one_clock_and_forget_removed_pods() {
-        let t0 = Instant::now();
-        let mut rates = Rates::new(RateWindow::try_from(10).expect("valid"), t0);
-        let web = PodId::new("shop", "web");
+        let (mut rates, t0, web) = rates(10);
         let db = PodId::new("shop", "db");
         for tick in 1..=80u64 {
             let now = t0 + Duration::from_millis(250 * tick);
@@ -425,9 +442,7 @@ mod tests {
 
     #[test]
     fn a_pod_seen_late_reports_its_rate_over_the_agents_whole_window() {
-        let t0 = Instant::now();
-        let mut rates = Rates::new(RateWindow::try_from(10).expect("valid"), t0);
-        let late = PodId::new("default", "late");
+        let (mut rates, t0, late) = rates(10);
         for tick in 1..=40u64 {
             rates.book(t0 + Duration::from_millis(250 * tick), []);
         }
