@@ -7,7 +7,6 @@
 //! pipeline ceiling. Run alone: `cargo bench -p podmeter --bench pipeline`.
 
 use std::{
-    collections::HashMap,
     hint::black_box,
     path::PathBuf,
     time::{Duration, Instant},
@@ -19,6 +18,7 @@ use podmeter::{
     counters::Deltas,
     dedup,
     events::{self, Event},
+    fast_map::FastMap,
     flows::Flows,
     latency::Durations,
     metrics::{Metrics, health::AgentInfo},
@@ -162,7 +162,7 @@ fn node_state(route_labels: bool) -> Shared {
 }
 
 /// What the agent's resolver cache holds once warm: every cgroup id is one pod.
-fn pod_cache() -> HashMap<u64, Option<PodId>> {
+fn pod_cache() -> FastMap<u64, Option<PodId>> {
     (0..PODS)
         .map(|i| {
             (
@@ -177,7 +177,7 @@ fn pod_cache() -> HashMap<u64, Option<PodId>> {
 fn drain(
     records: &[Vec<u8>],
     flows: &mut Flows,
-    pods: &HashMap<u64, Option<PodId>>,
+    pods: &FastMap<u64, Option<PodId>>,
     shared: &Shared,
 ) -> usize {
     let mut invalid_lines = 0u64;

@@ -1,7 +1,6 @@
 //! The agent's main loop: attach, then read counters and drain events until told to stop.
 
 use std::{
-    collections::HashMap,
     future::Future,
     net::SocketAddr,
     os::fd::AsFd,
@@ -20,6 +19,7 @@ type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
+use crate::fast_map::FastMap;
 pub use crate::node::{Health, NodeState, Shared};
 use crate::{
     Error,
@@ -117,7 +117,7 @@ impl Default for Config {
 struct Resolver {
     cgroups: CgroupIndex,
     identity: Identity,
-    cache: HashMap<u64, Option<PodId>>,
+    cache: FastMap<u64, Option<PodId>>,
 }
 
 impl Resolver {
@@ -233,7 +233,7 @@ pub async fn run(
     let mut resolver = Resolver {
         cgroups: CgroupIndex::new(&root),
         identity,
-        cache: HashMap::new(),
+        cache: FastMap::default(),
     };
     let mut deltas = Deltas::default();
     let mut flows = Flows::new(config.map_sizes.connections as usize);

@@ -3,9 +3,10 @@
 //! HTTP/1.x has at most one exchange in flight per connection (pipelining aside, which the kernel
 //! does not count either), so one open request per socket cookie is enough.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use crate::events::{Common, Event, Method};
+use crate::fast_map::FastMap;
 
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +43,7 @@ struct Open {
 
 /// Requests waiting for their responses.
 pub struct Flows {
-    open: HashMap<u64, Open>,
+    open: FastMap<u64, Open>,
     limit: usize,
     /// Requests whose response event never came (a new request arrived on the same connection,
     /// or the table was full): the ring buffer dropped it.
@@ -54,7 +55,7 @@ pub struct Flows {
 impl Flows {
     pub fn new(limit: usize) -> Self {
         Self {
-            open: HashMap::new(),
+            open: FastMap::default(),
             limit,
             unpaired: 0,
             orphan_responses: 0,

@@ -13,13 +13,11 @@
 //! - The durations come from the event stream, which can lose events when the ring buffer is full
 //!   (counted in the agent's health); the exact request counts do not depend on them.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::fast_map::FastMap;
 use crate::{dedup::Flow, pods::PodId, rates::RateWindow};
 
 /// Buckets per power of two.
@@ -160,7 +158,7 @@ type FlowWindows = [Option<DurationWindow>; 4];
 pub struct Durations {
     window: RateWindow,
     origin: Instant,
-    pods: HashMap<PodId, FlowWindows>,
+    pods: FastMap<PodId, FlowWindows>,
 }
 
 impl Durations {
@@ -168,7 +166,7 @@ impl Durations {
         Self {
             window,
             origin,
-            pods: HashMap::new(),
+            pods: FastMap::default(),
         }
     }
 
@@ -180,16 +178,17 @@ impl Durations {
     pub fn observe(&mut self, now: Instant, pod: &PodId, flow: Flow, duration: Duration) {
         let second = self.second(now);
         let window = self.window;
-        // Once per exchange: clone the pod's name only the first time it is seen.
-        if !self.pods.contains_key(pod) {
-            self.pods.insert(pod.clone(), FlowWindows::default());
-        }
-        let Some(windows) = self.pods.get_mut(pod) else {
-            return;
+        let observe = |windows: &mut FlowWindows| {
+            windows[slot(flow)]
+                .get_or_insert_with(|| DurationWindow::new(window))
+                .observe(second, duration);
         };
-        windows[slot(flow)]
-            .get_or_insert_with(|| DurationWindow::new(window))
-            .observe(second, duration);
+        // Once per exchange: one lookup, and the pod's name cloned only the first time.
+        if let Some(windows) = self.pods.get_mut(pod) {
+            observe(windows);
+            return;
+        }
+        observe(self.pods.entry(pod.clone()).or_default());
     }
 
     /// Moves every window to `now`, so that durations older than the window leave it even

@@ -24,6 +24,7 @@ pub mod dedup;
 pub mod ebpf;
 pub mod error;
 pub mod events;
+pub mod fast_map;
 pub mod flows;
 pub mod hpa;
 pub mod identity;

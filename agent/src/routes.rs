@@ -12,8 +12,9 @@
 //! The first `cap` distinct routes a pod uses in a direction get their own label, for as long as
 //! the pod lives; later ones are counted under `other`. First come, first kept: series never churn.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
+use crate::fast_map::FastMap;
 use crate::{dedup::Flow, pods::PodId};
 
 /// The route of everything over the cap, and of targets that are not paths.
@@ -93,14 +94,14 @@ fn other() -> Route {
 /// The routes one pod uses in one direction.
 #[derive(Default)]
 struct Table {
-    ids: HashMap<String, u16>,
+    ids: FastMap<String, u16>,
     names: Vec<Arc<str>>,
 }
 
 /// Route labels of every pod, at most `cap` (+ `other`) per pod and direction.
 pub struct Routes {
     cap: usize,
-    pods: HashMap<PodId, [Table; 2]>,
+    pods: FastMap<PodId, [Table; 2]>,
     /// Requests whose route was folded into `other` because the pod was at its cap.
     pub folded: u64,
 }
@@ -110,7 +111,7 @@ impl Routes {
     pub fn new(cap: usize) -> Self {
         Self {
             cap: cap.clamp(1, usize::from(u16::MAX - 1)),
-            pods: HashMap::new(),
+            pods: FastMap::default(),
             folded: 0,
         }
     }

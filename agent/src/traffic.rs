@@ -2,13 +2,14 @@
 //! about methods, outcomes and latency.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
 use podmeter_common::status_class;
 use serde::Serialize;
 
+use crate::fast_map::FastMap;
 use crate::{
     counters::Counts,
     dedup::Flow,
@@ -135,7 +136,7 @@ struct Entry {
 /// Totals of all pods on this node, plus what could not be attributed to a pod.
 #[derive(Default)]
 pub struct Traffic {
-    pods: HashMap<PodId, Entry>,
+    pods: FastMap<PodId, Entry>,
     /// Sockets in the attached tree that belong to no pod (e.g. processes in the root cgroup).
     pub unattributed: PodTraffic,
 }

@@ -1,7 +1,7 @@
 //! Per-pod HTTP metric families of one side (server: requests a pod served; client: requests it
 //! sent), and the cached series of each pod so that booking never looks a label set up by string.
 
-use std::{collections::HashMap, sync::atomic::AtomicU64};
+use std::sync::atomic::AtomicU64;
 
 use podmeter_common::status_class;
 use prometheus_client::{
@@ -12,6 +12,7 @@ use prometheus_client::{
 use super::labels::{
     DurationLabels, ObservedLabels, PodLabels, ResponseLabels, RouteLabel, StatusClass,
 };
+use crate::fast_map::FastMap;
 use crate::{counters::Counts, events::Method, flows::Exchange, pods::PodId, routes::Route};
 
 /// Upper bounds of the request duration buckets, in seconds: 100 µs to 60 s in 1-2.5-5 steps,
@@ -130,15 +131,15 @@ struct PodSeries {
     per_second: Rate,
     ended: [Option<Counter>; status_class::COUNT],
     /// By (method, status class, route id).
-    observed: HashMap<(Method, StatusClass, u16), (ObservedLabels, Counter)>,
+    observed: FastMap<(Method, StatusClass, u16), (ObservedLabels, Counter)>,
     /// By route id.
-    durations: HashMap<u16, (DurationLabels, Histogram)>,
+    durations: FastMap<u16, (DurationLabels, Histogram)>,
 }
 
 /// The series of `pod`, created with its always-present ones (requests started, rate) on first use.
 fn series<'a>(
     families: &HttpFamilies,
-    pods: &'a mut HashMap<PodId, PodSeries>,
+    pods: &'a mut FastMap<PodId, PodSeries>,
     pod: &PodId,
 ) -> &'a mut PodSeries {
     // Look up before inserting: the hot path must not clone the pod's name.
@@ -151,22 +152,22 @@ fn series<'a>(
         per_second: families.requests_per_second.get_or_create_owned(&labels),
         labels,
         ended: Default::default(),
-        observed: HashMap::new(),
-        durations: HashMap::new(),
+        observed: FastMap::default(),
+        durations: FastMap::default(),
     })
 }
 
 /// One side's families plus the series every pod has in them.
 pub struct HttpMetrics {
     families: HttpFamilies,
-    pods: HashMap<PodId, PodSeries>,
+    pods: FastMap<PodId, PodSeries>,
 }
 
 impl HttpMetrics {
     pub fn new(families: HttpFamilies) -> Self {
         Self {
             families,
-            pods: HashMap::new(),
+            pods: FastMap::default(),
         }
     }
 
