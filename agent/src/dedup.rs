@@ -31,6 +31,21 @@ pub enum Flow {
     LoopbackOutbound,
 }
 
+impl Flow {
+    /// How many flows there are: per-flow arrays have this length.
+    pub const COUNT: usize = 4;
+
+    /// The flow's place in a per-flow array.
+    pub fn index(self) -> usize {
+        match self {
+            Flow::Inbound => 0,
+            Flow::Outbound => 1,
+            Flow::LoopbackInbound => 2,
+            Flow::LoopbackOutbound => 3,
+        }
+    }
+}
+
 /// Books an observation by the role of its socket and its peer class; `None` for roles the kernel
 /// could not establish (such entries are never counted).
 pub fn flow(socket_role: u32, peer_class: u16) -> Option<Flow> {

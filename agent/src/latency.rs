@@ -143,16 +143,7 @@ impl DurationWindow {
     }
 }
 
-fn slot(flow: Flow) -> usize {
-    match flow {
-        Flow::Inbound => 0,
-        Flow::Outbound => 1,
-        Flow::LoopbackInbound => 2,
-        Flow::LoopbackOutbound => 3,
-    }
-}
-
-type FlowWindows = [Option<DurationWindow>; 4];
+type FlowWindows = [Option<DurationWindow>; Flow::COUNT];
 
 /// The duration windows of every pod's flows, on a clock of whole seconds since `origin`.
 pub struct Durations {
@@ -179,7 +170,7 @@ impl Durations {
         let second = self.second(now);
         let window = self.window;
         let observe = |windows: &mut FlowWindows| {
-            windows[slot(flow)]
+            windows[flow.index()]
                 .get_or_insert_with(|| DurationWindow::new(window))
                 .observe(second, duration);
         };
@@ -204,7 +195,7 @@ impl Durations {
 
     /// The quantiles of a pod's flow; `None` without exchanges in the window.
     pub fn summary(&self, pod: &PodId, flow: Flow) -> Option<DurationSummary> {
-        self.pods.get(pod)?[slot(flow)].as_ref()?.summary()
+        self.pods.get(pod)?[flow.index()].as_ref()?.summary()
     }
 
     /// Forgets a pod's windows.

@@ -91,16 +91,7 @@ impl Total {
 }
 
 /// The four flows of a pod, each with a total once it saw a request.
-type FlowTotals = [Option<Total>; 4];
-
-fn slot(flow: Flow) -> usize {
-    match flow {
-        Flow::Inbound => 0,
-        Flow::Outbound => 1,
-        Flow::LoopbackInbound => 2,
-        Flow::LoopbackOutbound => 3,
-    }
-}
+type FlowTotals = [Option<Total>; Flow::COUNT];
 
 /// The running totals of every pod's flows, on one clock that starts when the agent starts
 /// counting (when every kernel counter was zero).
@@ -160,7 +151,7 @@ impl Rates {
                 Some(pod) => self.pods.entry(pod.clone()).or_default(),
                 None => &mut self.unattributed,
             };
-            flows[slot(flow)]
+            flows[flow.index()]
                 .get_or_insert_with(|| Total::new(kept))
                 .now += requests;
         }
@@ -193,7 +184,7 @@ impl Rates {
             Some(pod) => self.pods.get(pod),
             None => Some(&self.unattributed),
         };
-        let Some(total) = flows.and_then(|f| f[slot(flow)].as_ref()) else {
+        let Some(total) = flows.and_then(|f| f[flow.index()].as_ref()) else {
             return 0.0;
         };
         // The oldest kept read is the latest one at or before t - W (or the origin).

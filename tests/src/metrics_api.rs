@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{AgentProcess, ChildGuard, TempDir, control_plane::ControlPlane};
+use crate::{
+    AgentProcess, ChildGuard, TempDir,
+    control_plane::{ControlPlane, Credentials},
+};
 
 /// Namespace and name of the metrics API's ServiceAccount and Service.
 pub const NAMESPACE: &str = "kube-system";
@@ -145,6 +148,42 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A Quantity as the metrics API writes values: an integer, or milli-units with `m`; NaN for
+/// anything else.
+pub fn quantity(value: &str) -> f64 {
+    match value.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
+        None => value.parse().unwrap_or(f64::NAN),
+    }
+}
+
+/// `kubectl get --raw path` as `who` for a `MetricValueList`: the served value per pod name.
+pub fn pod_values(
+    cp: &ControlPlane,
+    who: &Credentials,
+    path: &str,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let out = cp
+        .kubectl_as(who, &["get", "--raw", path])?
+        .check("kubectl get --raw")?;
+    let list: Value = serde_json::from_str(&out.stdout)?;
+    anyhow::ensure!(list["kind"] == "MetricValueList", "{list}");
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            (
+                item["describedObject"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                quantity(item["value"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect())
 }
 
 /// Whether APIService `name` reports `Available=True`, and its condition for messages.

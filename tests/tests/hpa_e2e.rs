@@ -17,7 +17,8 @@ use podmeter_tests::{
     AgentProcess, Cluster,
     control_plane::{ControlPlane, ControlPlaneOptions, wait_until},
     kubelet::{self, Workload},
-    metrics_api, serial,
+    metrics_api::{self, quantity},
+    serial,
 };
 use serde_json::{Value, json};
 
@@ -91,14 +92,6 @@ fn hpa(name: &str, target: u32) -> Value {
             }}],
         },
     })
-}
-
-/// A Quantity as the API serves rates: an integer, or milli-units with `m`.
-fn quantity(value: &str) -> f64 {
-    match value.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
-        None => value.parse().unwrap_or(f64::NAN),
-    }
 }
 
 /// Seconds since the epoch of an RFC 3339 time in UTC (`2026-11-23T17:30:05Z`, fractions

@@ -24,8 +24,9 @@ use std::{
 use podmeter_tests::{
     AgentProcess, Cluster, Pod,
     autoscale::start_paced_hey,
-    control_plane::{CONTROLLERS, ControlPlane, ControlPlaneOptions, Credentials, wait_until},
-    metrics_api, run,
+    control_plane::{CONTROLLERS, ControlPlane, ControlPlaneOptions, wait_until},
+    metrics_api::{self, pod_values},
+    run,
     scripted::ScriptedServer,
     serial,
 };
@@ -147,41 +148,6 @@ fn bind(cp: &ControlPlane, name: &str) {
         }),
     )
     .unwrap_or_else(|e| panic!("binding {name}: {e:#}"));
-}
-
-/// A Quantity as the metrics API writes values: an integer, or milli-units with `m`.
-fn quantity(value: &str) -> f64 {
-    match value.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
-        None => value.parse().unwrap_or(f64::NAN),
-    }
-}
-
-/// `kubectl get --raw path` as `who`: the served value per pod name.
-fn served(
-    cp: &ControlPlane,
-    who: &Credentials,
-    path: &str,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let out = cp
-        .kubectl_as(who, &["get", "--raw", path])?
-        .check("kubectl get --raw")?;
-    let list: Value = serde_json::from_str(&out.stdout)?;
-    anyhow::ensure!(list["kind"] == "MetricValueList", "{list}");
-    Ok(list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|item| {
-            (
-                item["describedObject"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                quantity(item["value"].as_str().unwrap_or_default()),
-            )
-        })
-        .collect())
 }
 
 /// The agent's `/v1/pods`, with the bearer token its API requires.
@@ -397,8 +363,8 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
         Duration::from_secs(40),
         "rates and p95 of both pods",
         || {
-            let rates = served(&cp, &hpa, RATE_PATH)?;
-            let p95 = served(&cp, &hpa, P95_PATH)?;
+            let rates = pod_values(&cp, &hpa, RATE_PATH)?;
+            let p95 = pod_values(&cp, &hpa, P95_PATH)?;
             println!(
                 "at {:?}: rates {rates:?}, p95 {p95:?}",
                 load_started.elapsed()
@@ -479,7 +445,7 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     )
     .expect("hey");
     let after = wait_until(Duration::from_secs(40), "the replacement's rate", || {
-        let rates = served(&cp, &hpa, RATE_PATH)?;
+        let rates = pod_values(&cp, &hpa, RATE_PATH)?;
         println!("{:?} after the delete: {rates:?}", deleted_at.elapsed());
         let names: BTreeSet<&str> = rates.keys().map(String::as_str).collect();
         let ok = names == BTreeSet::from([second.name.as_str(), replacement.name.as_str()])

@@ -15,11 +15,10 @@ use std::{
 use podmeter_tests::{
     AgentProcess, Cluster, Nginx, TempDir,
     clients::parse_hey,
-    control_plane::{ControlPlane, Credentials, wait_until},
-    metrics_api::{self, MetricsApiProcess},
+    control_plane::{ControlPlane, wait_until},
+    metrics_api::{self, MetricsApiProcess, pod_values, quantity},
     run, serial,
 };
-use serde_json::Value;
 
 const NAMESPACE: &str = "default";
 /// hey's rates: workers x requests per second per worker, for `LOAD` seconds.
@@ -48,44 +47,6 @@ spec:
   containers: [{{name: web, image: nginx}}]
 "
     )
-}
-
-/// A Quantity as the API serves rates: an integer, or milli-units with `m`.
-fn quantity(value: &str) -> f64 {
-    match value.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
-        None => value.parse().unwrap_or(f64::NAN),
-    }
-}
-
-/// `kubectl get --raw` of `path` as `who`: per pod name, the served value.
-fn rates(
-    cp: &ControlPlane,
-    who: &Credentials,
-    path: &str,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let out = cp
-        .kubectl_as(who, &["get", "--raw", path])?
-        .check("kubectl get --raw")?;
-    let list: Value = serde_json::from_str(&out.stdout)?;
-    anyhow::ensure!(list["kind"] == "MetricValueList", "{list}");
-    Ok(list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| {
-                    (
-                        item["describedObject"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        quantity(item["value"].as_str().unwrap_or_default()),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 fn within(value: f64, expected: f64) -> bool {
@@ -301,7 +262,7 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
             LOAD.saturating_sub(load_started.elapsed() + Duration::from_secs(2)),
             "per-pod rates within tolerance",
             || {
-                last = rates(&cp, &hpa, PODS_PATH)?;
+                last = pod_values(&cp, &hpa, PODS_PATH)?;
                 println!("served at {:?}: {last:?}", load_started.elapsed());
                 let ok = last.len() == 2
                     && last.get("web-a").is_some_and(|&v| within(v, expected_a))
@@ -330,7 +291,7 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
 
     // v1beta1 serves the same pods.
     let v1beta1 =
-        rates(&cp, &hpa, &PODS_PATH.replace("/v1beta2/", "/v1beta1/")).expect("v1beta1 list");
+        pod_values(&cp, &hpa, &PODS_PATH.replace("/v1beta2/", "/v1beta1/")).expect("v1beta1 list");
     assert_eq!(
         v1beta1.keys().collect::<Vec<_>>(),
         ["web-a", "web-b"],
@@ -354,7 +315,7 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
     agent.terminate().expect("stop the node agent");
     let stopped = Instant::now();
     wait_until(DISAPPEAR_WITHIN, "the pods' values to disappear", || {
-        let now = rates(&cp, &hpa, PODS_PATH)?;
+        let now = pod_values(&cp, &hpa, PODS_PATH)?;
         Ok(now.is_empty().then_some(()))
     })
     .expect("values gone after the agent stopped");
