@@ -30,8 +30,9 @@ pub const NAMESPACE: &str = "demo";
 
 /// Requests per second to each backend in the reference scenario: 49, not 50. At exactly 50 the
 /// HPA's step from 4 to 5 replicas is knife-edge for any metrics source (ceil(4 x usage/10) is 6
-/// as soon as the served total reads 50.001 req/s, and a windowed rate of bursty load reads about
-/// 1 % high or low), so a run could settle at 6. 49 keeps a 2 % margin and the same outcome: 2
+/// as soon as the served total reads 50.001 req/s, and a windowed rate of bursty load reads up to
+/// one burst over the window high or low: hey's workers fire together), so a run could settle at
+/// 6. 49 keeps a 2 % margin and the same outcome: 2
 /// and 5 replicas, and 4 and 10 for a double-counting source.
 pub const REFERENCE_RATE: u32 = 49;
 
