@@ -1,0 +1,290 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager
+//! (v1.20.2, built from Debian's source package by `scripts/k8s-control-plane.sh`), with generated
+//! certificates, for end-to-end tests of what the HPA sees. No kubelet, scheduler or kube-proxy
+//! runs: pods stay Pending until a test patches their status (see [`ControlPlane::mark_pod_running`]).
+//!
+//! Every port is a free loopback port, every file lives in one [`TempDir`], and dropping the guard
+//! stops the three processes (by PID, through [`ChildGuard`]) and removes the directory.
+//!
+//! Environment:
+//! - `PODMETER_K8S_BIN`: directory holding `kube-apiserver` and `kube-controller-manager`
+//!   (default [`DEFAULT_BIN_DIR`]). When the default directory is incomplete, the guard runs
+//!   `scripts/k8s-control-plane.sh` first (idempotent; the first build takes about 5 minutes).
+//! - `PODMETER_ETCD_BIN`: etcd binary (default `etcd` on `PATH`, from Debian's `etcd-server`).
+//!
+//! Also needed on `PATH`: `openssl`, `curl` and `kubectl` (any recent client; a 1.32 client works
+//! against this 1.20 server for `apply`/`get`, and raw API calls through [`ControlPlane::request`]
+//! avoid its skew with `autoscaling/v2beta2` objects).
+//!
+//! ```no_run
+//! use podmeter_tests::{control_plane::ControlPlane, serial};
+//!
+//! let _serial = serial();
+//! let cp = ControlPlane::start().expect("control plane");
+//! cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: demo, namespace: default}\n")
+//!     .expect("apply");
+//! let cm = cp.get_json("/api/v1/namespaces/default/configmaps/demo").expect("get");
+//! assert_eq!(cm["metadata"]["name"], "demo");
+//! ```
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{process::ChildGuard, tempdir::TempDir};
+
+mod api;
+mod binaries;
+mod pki;
+mod start;
+
+pub use api::{ApiResponse, Credentials};
+pub use pki::CertPair;
+
+use pki::{Pki, serving_cert};
+
+/// The Kubernetes version the script builds.
+pub const K8S_VERSION: &str = "1.20.2";
+/// Where `scripts/k8s-control-plane.sh` caches the binaries.
+pub const DEFAULT_BIN_DIR: &str = "/var/cache/podmeter/k8s-v1.20.2/bin";
+/// Overrides [`DEFAULT_BIN_DIR`].
+pub const BIN_DIR_ENV: &str = "PODMETER_K8S_BIN";
+/// Overrides the etcd binary.
+pub const ETCD_BIN_ENV: &str = "PODMETER_ETCD_BIN";
+/// The Service CIDR given to the apiserver (nothing routes it: no kube-proxy runs).
+pub const SERVICE_CIDR: &str = "10.96.0.0/24";
+/// The ServiceAccount token issuer (and audience).
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The CN of the client certificate the apiserver presents to aggregated API servers; it is the
+/// only name in `--requestheader-allowed-names`.
+pub const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
+
+/// Timeout of one curl/kubectl/openssl call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The controllers the tests need: the HPA reads `scale.status.replicas`, so the deployment and
+/// replicaset controllers must run; the serviceaccount ones make pods admissible.
+pub const CONTROLLERS: &str =
+    "horizontalpodautoscaling,deployment,replicaset,serviceaccount,serviceaccount-token";
+
+/// How to start a [`ControlPlane`].
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    /// `--horizontal-pod-autoscaler-sync-period` (the default 15 s makes tests slow).
+    pub hpa_sync_period: Duration,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization` (default 5 minutes) when set.
+    pub hpa_downscale_stabilization: Option<Duration>,
+    /// Bound on the whole start (etcd, apiserver ready, controllers ready).
+    pub start_timeout: Duration,
+    /// Extra kube-apiserver flags, appended last (a repeated flag overrides ours).
+    pub apiserver_args: Vec<String>,
+    /// Extra kube-controller-manager flags, appended last: e.g. `--controllers=...` replaces
+    /// [`CONTROLLERS`] (add `garbagecollector` for cascading deletes, `namespace` for namespace
+    /// deletion; neither runs by default).
+    pub controller_manager_args: Vec<String>,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            hpa_sync_period: Duration::from_secs(2),
+            hpa_downscale_stabilization: None,
+            start_timeout: Duration::from_secs(90),
+            apiserver_args: Vec::new(),
+            controller_manager_args: Vec::new(),
+        }
+    }
+}
+
+/// A running etcd + kube-apiserver + kube-controller-manager on loopback.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order: controllers first, etcd last, then the directory.
+    controller_manager: ChildGuard,
+    apiserver: ChildGuard,
+    etcd: ChildGuard,
+    dir: TempDir,
+    pki: Pki,
+    admin: Credentials,
+    server: String,
+    etcd_url: String,
+    startup: Duration,
+}
+
+impl ControlPlane {
+    /// How long [`ControlPlane::start_with`] took.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `http://127.0.0.1:<port>` of etcd.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// The admin kubeconfig (user `kubernetes-admin`, group `system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.admin.kubeconfig
+    }
+
+    pub fn admin(&self) -> &Credentials {
+        &self.admin
+    }
+
+    /// The cluster CA: it signed the apiserver's serving certificate and every client certificate
+    /// the apiserver accepts (`--client-ca-file`). Also a ready `caBundle` signer for aggregated
+    /// API servers, see [`ControlPlane::issue_serving_cert`].
+    pub fn ca_cert(&self) -> &Path {
+        &self.pki.ca.cert
+    }
+
+    /// The request-header (front-proxy) CA: an aggregated API server trusts `X-Remote-*` headers
+    /// only from clients whose certificate it signed (`--requestheader-client-ca-file`; the
+    /// apiserver also publishes it in ConfigMap `kube-system/extension-apiserver-authentication`).
+    pub fn front_proxy_ca(&self) -> &Path {
+        &self.pki.front_proxy_ca.cert
+    }
+
+    /// The client certificate (CN [`FRONT_PROXY_CLIENT_CN`]) the apiserver presents when it
+    /// proxies to an aggregated API server; tests can use it to impersonate the apiserver.
+    pub fn front_proxy_client(&self) -> &CertPair {
+        &self.pki.front_proxy_client
+    }
+
+    /// The ServiceAccount token signing key pair (`sa.key`, `sa.pub`).
+    pub fn service_account_keys(&self) -> CertPair {
+        CertPair {
+            cert: self.pki.sa_pub.clone(),
+            key: self.pki.sa_key.clone(),
+        }
+    }
+
+    /// PIDs of etcd, kube-apiserver and kube-controller-manager.
+    pub fn pids(&self) -> [u32; 3] {
+        [
+            self.etcd.pid(),
+            self.apiserver.pid(),
+            self.controller_manager.pid(),
+        ]
+    }
+
+    /// The directory holding everything generated (certificates, kubeconfigs, logs, etcd data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file of `etcd`, `kube-apiserver` or `kube-controller-manager`.
+    pub fn log_path(&self, component: &str) -> PathBuf {
+        self.dir.path().join(format!("{component}.log"))
+    }
+
+    /// The last `lines` lines of a component's log.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        log_tail(self.dir.path(), component, lines)
+    }
+
+    /// A serving certificate signed by the cluster CA ([`ControlPlane::ca_cert`]) for `sans`
+    /// (IP addresses or DNS names), e.g. for an aggregated API server whose APIService carries
+    /// the cluster CA as `caBundle`.
+    pub fn issue_serving_cert(&self, name: &str, sans: &[&str]) -> Result<CertPair> {
+        serving_cert(self.dir.path(), &self.pki.ca, name, sans)
+    }
+
+    /// Fails with a [`ProcessExited`] error if any of the three processes has exited; in a
+    /// [`wait_until`] probe, that ends the wait at once.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (guard, component) in [
+            (&mut self.etcd, "etcd"),
+            (&mut self.apiserver, "kube-apiserver"),
+            (&mut self.controller_manager, "kube-controller-manager"),
+        ] {
+            if let Some(status) = guard.try_wait()? {
+                return Err(ProcessExited {
+                    component,
+                    status,
+                    log_tail: log_tail(self.dir.path(), component, 40),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // The logs go with the directory; show them when a test failed while we ran.
+        if std::thread::panicking() {
+            for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+                eprintln!(
+                    "podmeter-tests: {component} log (last 30 lines):\n{}",
+                    self.log_tail(component, 30)
+                );
+            }
+        }
+        // The fields then drop in order: the processes stop, then the directory goes.
+    }
+}
+
+/// A control-plane process exited while it should run.
+#[derive(Debug)]
+pub struct ProcessExited {
+    pub component: &'static str,
+    pub status: std::process::ExitStatus,
+    pub log_tail: String,
+}
+
+impl std::fmt::Display for ProcessExited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exited ({}); its log ends with:\n{}",
+            self.component, self.status, self.log_tail
+        )
+    }
+}
+
+impl std::error::Error for ProcessExited {}
+
+/// Polls `probe` every 200 ms until it returns `Some` (then that value) or `timeout` passes.
+/// Errors from `probe` count as "not yet" (the last one is reported on timeout), except a
+/// [`ProcessExited`], which ends the wait at once.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match probe() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) if error.is::<ProcessExited>() => {
+                return Err(error.context(format!("while waiting for {what}")));
+            }
+            Err(error) => last_error = Some(error),
+        }
+        if Instant::now() >= deadline {
+            match last_error {
+                Some(error) => bail!("timed out after {timeout:?} waiting for {what}: {error:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn log_tail(dir: &Path, component: &str, lines: usize) -> String {
+    let text = fs::read_to_string(dir.join(format!("{component}.log"))).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
