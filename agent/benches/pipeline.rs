@@ -17,7 +17,8 @@ use podmeter::{
     agent::{Health, NodeState, Shared},
     counters::Deltas,
     dedup,
-    events::{self, Event},
+    drain::Drain,
+    events,
     fast_map::FastMap,
     flows::Flows,
     latency::Durations,
@@ -173,41 +174,20 @@ fn pod_cache() -> FastMap<u64, Option<PodId>> {
         .collect()
 }
 
-/// The body of the agent's `drain_events`, minus reading the ring: returns exchanges booked.
+/// The agent's `drain_events` minus reading the ring: returns the exchanges booked.
 fn drain(
     records: &[Vec<u8>],
     flows: &mut Flows,
     pods: &FastMap<u64, Option<PodId>>,
     shared: &Shared,
 ) -> usize {
-    let mut invalid_lines = 0u64;
-    let mut exchanges = Vec::new();
-    for item in records {
-        let Some(event) = events::decode(item) else {
-            continue;
-        };
-        if let Event::Request { line, .. } = &event
-            && !line.valid
-        {
-            invalid_lines += 1;
-        }
-        if let Some(x) = flows.on_event(event) {
-            exchanges.push(x);
-        }
+    let mut drain = Drain::default();
+    for record in records {
+        drain.add(record, flows);
     }
-    let booked: Vec<_> = exchanges
-        .into_iter()
-        .filter_map(|x| {
-            let pod = pods.get(&x.cgroup_id).cloned().flatten();
-            Some((pod, dedup::flow(x.role, x.peer)?, x))
-        })
-        .collect();
-    let n = booked.len();
-    let mut state = shared.lock();
-    state.book_exchanges(Instant::now(), &booked);
-    state.health.events_received += records.len() as u64;
-    state.health.request_lines_invalid += invalid_lines;
-    n
+    let drained = drain.finish(|cgroup_id| pods.get(&cgroup_id).cloned().flatten());
+    drained.book(Instant::now(), flows, &mut shared.lock());
+    drained.booked.len()
 }
 
 fn events_path(c: &mut Criterion) {

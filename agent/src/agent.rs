@@ -19,7 +19,6 @@ type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::fast_map::FastMap;
 pub use crate::node::{Health, NodeState, Shared};
 use crate::{
     Error,
@@ -27,8 +26,9 @@ use crate::{
     connection_table,
     counters::{self, Deltas},
     dedup,
+    drain::Drain,
     ebpf::{MapSizes, Probes},
-    events,
+    fast_map::FastMap,
     flows::Flows,
     identity::{
         Identity, IdentityKind, KubernetesIdentity, LocalIdentity, kubernetes::KubernetesError,
@@ -386,46 +386,18 @@ fn drain_events(
     resolver: &mut Resolver,
     shared: &Shared,
 ) {
-    let mut received = 0u64;
-    let mut malformed = 0u64;
-    let mut invalid_lines = 0u64;
-    let mut exchanges = Vec::new();
+    let mut drain = Drain::default();
     while let Some(item) = ring.next() {
-        received += 1;
-        let Some(event) = events::decode(&item) else {
-            malformed += 1;
-            continue;
-        };
-        if let events::Event::Request { line, .. } = &event
-            && !line.valid
-        {
-            invalid_lines += 1;
-        }
-        if let Some(x) = flows.on_event(event) {
-            exchanges.push(x);
-        }
+        drain.add(&item, flows);
     }
-    let booked: Vec<_> = exchanges
-        .into_iter()
-        .filter_map(|x| Some((resolver.pod(x.cgroup_id), dedup::flow(x.role, x.peer)?, x)))
-        .collect();
+    let drained = drain.finish(|cgroup_id| resolver.pod(cgroup_id));
     let mut state = shared.lock();
     if let Some(used) = used {
         state.health.ring_used_bytes = used;
         let ratio = RingFill::ratio(used, state.health.ring_capacity_bytes);
         state.metrics.health.ring_buffer_fill.observe(ratio);
     }
-    if received == 0 {
-        return;
-    }
-    state.book_exchanges(Instant::now(), &booked);
-    let h = &mut state.health;
-    h.events_received += received;
-    h.events_malformed += malformed;
-    h.request_lines_invalid += invalid_lines;
-    h.unpaired_requests = flows.unpaired;
-    h.orphan_responses = flows.orphan_responses;
-    h.open_requests = flows.open() as u64;
+    drained.book(Instant::now(), flows, &mut state);
 }
 
 /// Counts the kernel's connection table and derives how many connections it evicted.

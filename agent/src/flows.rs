@@ -5,8 +5,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::events::{Common, Event, Method};
-use crate::fast_map::FastMap;
+use crate::{
+    events::{Common, Event, Method},
+    fast_map::FastMap,
+};
 
 /// How an exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::fast_map::FastMap;
-use crate::{dedup::Flow, pods::PodId, rates::RateWindow};
+use crate::{dedup::Flow, fast_map::FastMap, pods::PodId, rates::RateWindow};
 
 /// Buckets per power of two.
 const PER_OCTAVE: u32 = 32;

@@ -14,8 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::fast_map::FastMap;
-use crate::{dedup::Flow, pods::PodId};
+use crate::{dedup::Flow, fast_map::FastMap, pods::PodId};
 
 /// The route of everything over the cap, and of targets that are not paths.
 pub const OTHER: &str = "other";

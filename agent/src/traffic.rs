@@ -9,10 +9,10 @@ use std::{
 use podmeter_common::status_class;
 use serde::Serialize;
 
-use crate::fast_map::FastMap;
 use crate::{
     counters::Counts,
     dedup::Flow,
+    fast_map::FastMap,
     flows::{Exchange, Outcome},
     pods::PodId,
 };

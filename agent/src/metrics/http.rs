@@ -12,8 +12,10 @@ use prometheus_client::{
 use super::labels::{
     DurationLabels, ObservedLabels, PodLabels, ResponseLabels, RouteLabel, StatusClass,
 };
-use crate::fast_map::FastMap;
-use crate::{counters::Counts, events::Method, flows::Exchange, pods::PodId, routes::Route};
+use crate::{
+    counters::Counts, events::Method, fast_map::FastMap, flows::Exchange, pods::PodId,
+    routes::Route,
+};
 
 /// Upper bounds of the request duration buckets, in seconds: 100 µs to 60 s in 1-2.5-5 steps,
 /// fine enough for in-node calls (a few hundred µs) and wide enough for slow uploads.
