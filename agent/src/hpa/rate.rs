@@ -56,29 +56,9 @@ pub(super) fn replicas_changed_in_period(
         .sum()
 }
 
-/// The highest count a scale-up may reach now.
-pub(super) fn scale_up_limit(
-    current: i64,
-    up_events: &[ScaleEvent],
-    down_events: &[ScaleEvent],
-    rules: &Rules,
-    now: Duration,
-) -> RateLimit {
-    limit(Direction::Up, current, up_events, down_events, rules, now)
-}
-
-/// The lowest count a scale-down may reach now.
-pub(super) fn scale_down_limit(
-    current: i64,
-    up_events: &[ScaleEvent],
-    down_events: &[ScaleEvent],
-    rules: &Rules,
-    now: Duration,
-) -> RateLimit {
-    limit(Direction::Down, current, up_events, down_events, rules, now)
-}
-
-fn limit(
+/// The highest count a scale-up (`Direction::Up`) or the lowest a scale-down may reach now
+/// (Kubernetes' `calculateScaleUpLimitWithScalingRules` and `calculateScaleDownLimitWithBehaviors`).
+pub(super) fn limit(
     direction: Direction,
     current: i64,
     up_events: &[ScaleEvent],

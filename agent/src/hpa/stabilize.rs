@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::history::{History, Recommendation, newer_than, older_than};
-use super::rate::{RateLimit, scale_down_limit, scale_up_limit};
-use super::spec::{Rules, SCALE_UP_LIMIT_FACTOR, SCALE_UP_LIMIT_MINIMUM};
+use super::rate::{self, RateLimit};
+use super::spec::{Direction, Rules, SCALE_UP_LIMIT_FACTOR, SCALE_UP_LIMIT_MINIMUM};
 
 #[cfg(test)]
 mod tests;
@@ -270,7 +270,7 @@ pub(super) fn clamp_with_behavior(
 ) -> (i64, Clamp, Option<RateLimit>) {
     let (up_events, down_events) = (&history.scale_up_events, &history.scale_down_events);
     if desired > current {
-        let rate = scale_up_limit(current, up_events, down_events, up, now);
+        let rate = rate::limit(Direction::Up, current, up_events, down_events, up, now);
         let (maximum, limited) = if max > rate.limit {
             (rate.limit, Clamp::ScaleUpLimit { limit: rate.limit })
         } else {
@@ -281,7 +281,7 @@ pub(super) fn clamp_with_behavior(
         }
         (desired, Clamp::DesiredWithinRange, Some(rate))
     } else if desired < current {
-        let rate = scale_down_limit(current, up_events, down_events, down, now);
+        let rate = rate::limit(Direction::Down, current, up_events, down_events, down, now);
         let (minimum, limited) = if min < rate.limit {
             (rate.limit, Clamp::ScaleDownLimit { limit: rate.limit })
         } else {

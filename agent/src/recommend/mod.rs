@@ -45,7 +45,7 @@ pub struct SpecFile {
 }
 
 fn default_sync_period_secs() -> u64 {
-    15
+    crate::hpa::DEFAULT_SYNC_PERIOD_SECONDS
 }
 
 fn default_namespace() -> String {
@@ -53,7 +53,7 @@ fn default_namespace() -> String {
 }
 
 fn default_min_replicas() -> u32 {
-    1
+    crate::hpa::DEFAULT_MIN_REPLICAS
 }
 
 /// One HPA-like spec.
@@ -279,6 +279,11 @@ mod tests {
         // 5x the target from one pod: the scale-up limit max(2x1, 4) caps it at 4 first.
         assert_eq!((recs[1].current_replicas, recs[1].desired_replicas), (1, 4));
         assert!(recs[1].reason.contains("4"), "{}", recs[1].reason);
+        assert!(
+            recs[1].reason.contains("max(2x1, 4)"),
+            "the scale-up limit is named: {}",
+            recs[1].reason
+        );
     }
 
     #[test]
@@ -323,6 +328,15 @@ mod tests {
         assert_eq!(rec.current_replicas, 3);
         // ratio 3 > 1: the missing pod counts as 0, the unready one too: (30+0+0)/3 = 10 -> keep 3.
         assert_eq!(rec.desired_replicas, 3, "{}", rec.reason);
+        // And that is why: each pod was counted as the controller counts it.
+        for why in [
+            "ratio 3.00",
+            "1 missing pod counted as 0",
+            "1 pending pod counted as 0",
+            "ratio 1.00 within tolerance",
+        ] {
+            assert!(rec.reason.contains(why), "{why:?} not in {:?}", rec.reason);
+        }
     }
 
     #[test]

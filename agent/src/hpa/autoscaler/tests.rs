@@ -574,10 +574,3 @@ fn spec_validation() {
     };
     assert!(Autoscaler::new(base(), config).is_err());
 }
-
-#[test]
-fn decisions_serialize() {
-    fn assert_serialize<T: serde::Serialize>() {}
-    assert_serialize::<Decision>();
-    assert_serialize::<HpaSpec>();
-}

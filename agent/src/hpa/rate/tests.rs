@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::super::history::ScaleEvent;
 use super::super::spec::{Direction, PolicyKind, Rules, ScalingPolicy, SelectPolicy};
-use super::{replicas_changed_in_period, scale_down_limit, scale_up_limit};
+use super::{limit, replicas_changed_in_period};
 
 const NOW: Duration = Duration::from_secs(1_000_000);
 
@@ -153,13 +153,10 @@ fn limits() {
             10,
         ),
     ];
-    for (name, direction, current, select, policies, selected, limit) in cases {
+    for (name, direction, current, select, policies, selected, want_limit) in cases {
         let rules = rules(select, &policies);
-        let got = match direction {
-            Direction::Up => scale_up_limit(current, &[], &[], &rules, NOW),
-            Direction::Down => scale_down_limit(current, &[], &[], &rules, NOW),
-        };
-        assert_eq!((got.selected, got.limit), (selected, limit), "{name}");
+        let got = limit(direction, current, &[], &[], &rules, NOW);
+        assert_eq!((got.selected, got.limit), (selected, want_limit), "{name}");
         if select == Disabled {
             assert!(got.policies.is_empty(), "{name}");
         }
@@ -172,7 +169,7 @@ fn period_start_uses_both_directions_and_caps_at_current() {
     let down = [event(1, NOW - Duration::from_secs(5))];
     let pods_per_minute = rules(SelectPolicy::Max, &[(PolicyKind::Pods, 2, 60)]);
     // start = 6 - 4 + 1 = 3, so 3 + 2 = 5 < 6: no further scale-up until the events age out.
-    let got = scale_up_limit(6, &up, &down, &pods_per_minute, NOW);
+    let got = limit(Direction::Up, 6, &up, &down, &pods_per_minute, NOW);
     assert_eq!(
         got.policies.first().map(|policy| policy.period_start),
         Some(3)
@@ -183,6 +180,6 @@ fn period_start_uses_both_directions_and_caps_at_current() {
         "scale-up policy 2 pods per 60 s (period start 3, used up by recent scale-up events)"
     );
     // A scale-down in the same minute: start = 6 - 4 + 1 = 3, 3 - 2 = 1.
-    let got = scale_down_limit(6, &up, &down, &pods_per_minute, NOW);
+    let got = limit(Direction::Down, 6, &up, &down, &pods_per_minute, NOW);
     assert_eq!((got.selected, got.limit), (1, 1));
 }
