@@ -4,17 +4,12 @@
 //! accordingly. Beside it: what a source that counts every request at both ends would decide.
 //! Everything it creates is removed on exit, on Ctrl-C too.
 
-use std::{
-    io::Write as _,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{io::Write as _, time::Duration};
 
 use anyhow::bail;
-use podmeter_tests::{
-    AgentProcess,
-    autoscale::{self, BackendSpec, Scenario, SyncReport},
-};
+use podmeter_tests::autoscale::{self, BackendSpec, Scenario, SyncReport};
+
+use crate::interrupt;
 
 /// Demo options; every default is the reference scenario.
 #[derive(clap::Args)]
@@ -41,12 +36,6 @@ pub struct Args {
     /// It ends earlier once no backend changed for this many syncs in a row.
     #[arg(long, default_value_t = 4)]
     settle_syncs: u32,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
 fn show(report: &SyncReport) {
@@ -83,12 +72,13 @@ fn show(report: &SyncReport) {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    // SAFETY: installs a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    interrupt::catch_ctrl_c();
     // The agent's own logs would drown the table.
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PODMETER_LOG", "warn") };
-    if !AgentProcess::binary().exists() {
+    // Always: cargo does nothing when the binary is current, and the demo must not run an agent
+    // older than the sources. A binary named by PODMETER_BIN is the caller's.
+    if std::env::var_os(podmeter_tests::agent::AGENT_BIN_ENV).is_none() {
         crate::test::cargo(&["build", "--package", "podmeter", "--bin", "podmeter"])?;
     }
     let backend = |name: &str, target: f64| BackendSpec {
@@ -113,7 +103,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
          per-pod rates podmeter measures in the kernel ({} s window). Ctrl-C ends it.\n",
         args.rate, args.target_1, args.target_2, args.sync_secs, args.window_secs
     );
-    let outcome = autoscale::run(&scenario, &INTERRUPTED, show)?;
+    let outcome = autoscale::run(&scenario, &interrupt::INTERRUPTED, show)?;
     if outcome.interrupted {
         println!("interrupted: everything created was removed.");
         return Ok(());

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod image;
+mod interrupt;
 mod test;
 
 use clap::{Parser, Subcommand};

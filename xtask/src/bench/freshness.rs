@@ -58,8 +58,6 @@ pub struct PipelineDelay {
     pub metrics: DelayStats,
     /// Replies in which the count had grown and the rate had moved with it.
     pub rate_moved_with_count: u32,
-    /// The Kubernetes metrics API is not served by the agent process yet.
-    pub metrics_api: Option<DelayStats>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -93,26 +91,19 @@ pub struct FreshnessResult {
 
 pub fn measure(lab: &Lab<'_>) -> Result<FreshnessResult> {
     let windows = lab.plan.step_windows.clone();
-    let default_agent = lab.start_agent(&lab.observed_root, &[])?;
     let started = Instant::now();
-    // One agent per window to step; the default window's agent doubles as the delay's.
-    let mut step_agents: Vec<(u32, Option<AgentProcess>)> = Vec::new();
+    // One agent per window to step, each told its window; the first also measures the delay,
+    // which does not depend on the window.
+    let mut step_agents: Vec<(u32, AgentProcess)> = Vec::new();
     for &w in &windows {
-        if w == 30 {
-            step_agents.push((w, None));
-        } else {
-            let secs = w.to_string();
-            let agent =
-                lab.start_agent(&lab.observed_root, &["--rate-window-secs", secs.as_str()])?;
-            step_agents.push((w, Some(agent)));
-        }
+        let secs = w.to_string();
+        let agent = lab.start_agent(&lab.observed_root, &["--rate-window-secs", secs.as_str()])?;
+        step_agents.push((w, agent));
     }
-    let agents: Vec<(u32, &AgentProcess)> = step_agents
-        .iter()
-        .map(|(w, a)| (*w, a.as_ref().unwrap_or(&default_agent)))
-        .collect();
+    let agents: Vec<(u32, &AgentProcess)> = step_agents.iter().map(|(w, a)| (*w, a)).collect();
+    let (_, first) = agents.first().context("no window to step")?;
 
-    let pipeline_delay = pipeline_delay(lab, &default_agent)?;
+    let pipeline_delay = pipeline_delay(lab, first)?;
     println!(
         "  pipeline delay: /v1/pods median {:.0} ms, max {:.0} ms; /metrics median {:.0} ms, max {:.0} ms",
         pipeline_delay.v1_pods.median_ms,
@@ -267,7 +258,6 @@ fn pipeline_delay(lab: &Lab<'_>, agent: &AgentProcess) -> Result<PipelineDelay> 
         v1_pods: DelayStats::new(pods_ms, pods_missed),
         metrics: DelayStats::new(metrics_ms, metrics_missed),
         rate_moved_with_count: rate_moved,
-        metrics_api: None,
     })
 }
 
@@ -346,13 +336,15 @@ fn step_response(lab: &Lab<'_>, agents: &[(u32, &AgentProcess)]) -> Result<(Vec<
     let mut steps = Vec::new();
     for (i, (w, _)) in agents.iter().enumerate() {
         let w_secs = f64::from(*w);
+        let to_90pct = first_reach(i, 0.0, 0.9 * level1);
         steps.push(Step {
             window_secs: *w,
             step: "0->N".to_owned(),
             from_rps: 0.0,
             to_rps: level1,
-            secs_to_90pct_of_new_value: first_reach(i, 0.0, 0.9 * level1),
-            secs_to_90pct_of_step: first_reach(i, 0.0, 0.9 * level1),
+            // From 0 the step and the new value are the same.
+            secs_to_90pct_of_new_value: to_90pct,
+            secs_to_90pct_of_step: to_90pct,
             model_secs: 0.9 * w_secs,
         });
         steps.push(Step {

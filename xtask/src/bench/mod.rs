@@ -224,7 +224,7 @@ pub fn run(args: &Args) -> Result<()> {
     let agent_bin = workspace().join("target/release/podmeter");
     let build_secs = build_started.elapsed().as_secs_f64();
 
-    system::catch_ctrl_c();
+    crate::interrupt::catch_ctrl_c();
     // The agent's own logs would drown the table.
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PODMETER_LOG", "warn") };

@@ -83,11 +83,7 @@ pub fn measure(lab: &Lab<'_>) -> Result<OverheadResult> {
                 run.wrk.requests_per_sec,
                 run.wrk.latency_ms.get(&50).copied().unwrap_or(f64::NAN),
                 run.wrk.p99_ms(),
-                run.core_busy
-                    .iter()
-                    .map(|b| format!("{:.0}%", b * 100.0))
-                    .collect::<Vec<_>>()
-                    .join("/"),
+                busy(&run.core_busy),
                 run.counted
                     .map(|c| format!("  counted {c} (wrk completed {})", run.wrk.requests))
                     .unwrap_or_default()
@@ -178,4 +174,13 @@ fn one_run(lab: &Lab<'_>, round: u32, variant: Variant) -> Result<Run> {
         core_busy,
         counted,
     })
+}
+
+/// How busy each core was, as `99%/92%`.
+pub fn busy(core_busy: &[f64]) -> String {
+    core_busy
+        .iter()
+        .map(|b| format!("{:.0}%", b * 100.0))
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -38,6 +38,18 @@ pub struct Part {
     pub top: Vec<Leaf>,
 }
 
+impl Part {
+    /// The `n` hottest leaves: `symbol 12%, ...`.
+    pub fn hottest(&self, n: usize) -> String {
+        self.top
+            .iter()
+            .take(n)
+            .map(|l| format!("{} {:.0}%", l.symbol, l.percent))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ProfileResult {
     pub perf_data: PathBuf,
@@ -101,12 +113,7 @@ pub fn measure(lab: &Lab<'_>, dir: &Path) -> Result<ProfileResult> {
             "  {name}: {:.0} ns per request ({} samples); hottest: {}",
             part.ns_per_request,
             part.samples,
-            part.top
-                .iter()
-                .take(5)
-                .map(|l| format!("{} {:.0}%", l.symbol, l.percent))
-                .collect::<Vec<_>>()
-                .join(", ")
+            part.hottest(5)
         );
     }
     Ok(profile)

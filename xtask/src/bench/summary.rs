@@ -264,12 +264,7 @@ impl Summary {
                     o.proxy_direct_p99_ratio,
                 ),
             ] {
-                let busy = v
-                    .core_busy
-                    .iter()
-                    .map(|b| format!("{:.0}%", b * 100.0))
-                    .collect::<Vec<_>>()
-                    .join("/");
+                let busy = super::overhead::busy(&v.core_busy);
                 let _ = writeln!(
                     t,
                     "  {label:<26} {:>10.0} {:>9.3} {:>9.3} {rps:>12.3} {p99:>12.3}  {busy}",
@@ -344,8 +339,7 @@ impl Summary {
                 t,
                 "\n5. freshness\n  pipeline delay, served -> in the served rate ({} requests):\n    \
                  /v1/pods  median {:.0} ms, p95 {:.0} ms, max {:.0} ms\n    \
-                 /metrics  median {:.0} ms, p95 {:.0} ms, max {:.0} ms\n    \
-                 metrics API  n/a (not served by the agent yet)",
+                 /metrics  median {:.0} ms, p95 {:.0} ms, max {:.0} ms",
                 d.v1_pods.samples_ms.len(),
                 d.v1_pods.median_ms,
                 d.v1_pods.p95_ms,
@@ -401,12 +395,7 @@ impl Summary {
                     t,
                     "  {name:<14} {:>5.0} ns/req: {}",
                     part.ns_per_request,
-                    part.top
-                        .iter()
-                        .take(6)
-                        .map(|l| format!("{} {:.0}%", l.symbol, l.percent))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    part.hottest(6)
                 );
             }
         }

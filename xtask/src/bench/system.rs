@@ -1,12 +1,7 @@
 //! What the bench reads from and sets on the machine: its description, core pinning, the file
 //! descriptor limit, per-core and per-process CPU time, resident memory, and Ctrl-C.
 
-use std::{
-    fs,
-    process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{fs, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -227,21 +222,9 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C sets a flag instead of killing the bench, so every guard still runs its clean-up.
-pub fn catch_ctrl_c() {
-    // SAFETY: installs a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-}
-
 /// Fails once Ctrl-C was pressed; called between steps and in every wait.
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::interrupt::interrupted() {
         bail!("interrupted");
     }
     Ok(())
