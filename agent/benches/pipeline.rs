@@ -15,8 +15,7 @@ use std::{
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use podmeter::{
     agent::{Health, NodeState, Shared},
-    counters::Deltas,
-    dedup,
+    counters::{self, Deltas},
     drain::Drain,
     events,
     fast_map::FastMap,
@@ -268,14 +267,9 @@ fn counter_read(c: &mut Criterion) {
                 (current, origin + Duration::from_millis(250 * reads))
             },
             |(current, now)| {
-                let booked: Vec<_> = deltas
-                    .update(&current)
-                    .into_iter()
-                    .filter_map(|(flow, delta)| {
-                        let pod = pods.get(&flow.cgroup_id).cloned().flatten();
-                        Some((pod, dedup::flow(flow.role, flow.peer)?, delta))
-                    })
-                    .collect();
+                let booked = counters::by_pod(deltas.update(&current), |cgroup_id| {
+                    pods.get(&cgroup_id).cloned().flatten()
+                });
                 shared.lock().book_counts(now, &booked);
             },
             BatchSize::SmallInput,

@@ -25,7 +25,6 @@ use crate::{
     cgroups::CgroupIndex,
     connection_table,
     counters::{self, Deltas},
-    dedup,
     drain::Drain,
     ebpf::{MapSizes, Probes},
     fast_map::FastMap,
@@ -360,17 +359,7 @@ fn book_counts(
     // The rates spread what changed over the time since the previous read: take the time of
     // this read right after reading.
     let now = Instant::now();
-    let changed = deltas.update(&current);
-    let booked: Vec<_> = changed
-        .into_iter()
-        .filter_map(|(flow, delta)| {
-            Some((
-                resolver.pod(flow.cgroup_id),
-                dedup::flow(flow.role, flow.peer)?,
-                delta,
-            ))
-        })
-        .collect();
+    let booked = counters::by_pod(deltas.update(&current), |cgroup_id| resolver.pod(cgroup_id));
     let mut state = shared.lock();
     state.book_counts(now, &booked);
     state.health.kernel = kernel;

@@ -10,7 +10,11 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use podmeter_common::{CountKey, counter, stat, status_class};
 
-use crate::Error;
+use crate::{
+    Error,
+    dedup::{self, Flow},
+    pods::PodId,
+};
 
 /// The sockets one set of counters describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +115,21 @@ impl Deltas {
     pub fn forget(&mut self, key: &CountKey) {
         self.last.remove(key);
     }
+}
+
+/// Names each changed flow's pod (`pod_of` a cgroup id) and its [`Flow`]; flows of sockets whose
+/// role the kernel could not establish are left out before any pod is looked up.
+pub fn by_pod(
+    changed: Vec<(FlowKey, Counts)>,
+    mut pod_of: impl FnMut(u64) -> Option<PodId>,
+) -> Vec<(Option<PodId>, Flow, Counts)> {
+    changed
+        .into_iter()
+        .filter_map(|(key, delta)| {
+            let flow = dedup::flow(key.role, key.peer)?;
+            Some((pod_of(key.cgroup_id), flow, delta))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -45,7 +45,10 @@ impl Drain {
         let booked = self
             .exchanges
             .into_iter()
-            .filter_map(|x| Some((pod_of(x.cgroup_id), dedup::flow(x.role, x.peer)?, x)))
+            .filter_map(|x| {
+                let flow = dedup::flow(x.role, x.peer)?;
+                Some((pod_of(x.cgroup_id), flow, x))
+            })
             .collect();
         Drained {
             booked,

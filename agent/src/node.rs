@@ -126,20 +126,8 @@ impl NodeState {
             if let Some(routes) = self.routes.as_mut() {
                 routes.remove(pod);
             }
+            // Also drops the series a same-named successor shares (see `HttpMetrics::remove`).
             self.metrics.remove(pod);
-            // A pod of the same name and another UID (a StatefulSet's pod created again) shares
-            // the removed series, which carry only namespace and name: its series start afresh
-            // at its next booking instead of counting into series no longer exported.
-            let successors: Vec<PodId> = self
-                .traffic
-                .pods()
-                .map(|(p, _)| p)
-                .filter(|p| p.namespace == pod.namespace && p.name == pod.name)
-                .cloned()
-                .collect();
-            for successor in &successors {
-                self.metrics.remove(successor);
-            }
         }
         self.health.pods_removed += removed.len() as u64;
         removed

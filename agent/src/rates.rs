@@ -423,11 +423,15 @@ mod tests {
         // Reads without deltas let the rates decay.
         rates.book(t0 + Duration::from_secs(25), []);
         assert!(close(rates.rate(Some(&web), Flow::Inbound), 4.0));
-        rates.book(t0 + Duration::from_secs(35), []);
-        assert!(close(rates.rate(Some(&web), Flow::Inbound), 0.0));
+        assert!(close(rates.rate(Some(&db), Flow::Outbound), 2.0));
+        // A removed pod reads 0 at once, not its 4.0.
         rates.remove(&web);
         assert_eq!(rates.pods().collect::<Vec<_>>(), vec![&db]);
         assert!(close(rates.rate(Some(&web), Flow::Inbound), 0.0));
+        rates.book(t0 + Duration::from_secs(35), []);
+        assert!(close(rates.rate(Some(&db), Flow::Outbound), 0.0));
+        assert!(close(rates.rate(Some(&web), Flow::Inbound), 0.0));
+        assert_eq!(rates.pods().collect::<Vec<_>>(), vec![&db]);
         assert_eq!(rates.booked_to(), Duration::from_secs(35));
     }
 

@@ -122,14 +122,18 @@ impl Routes {
     /// The route label of a request `target` sent (outbound) or served (inbound) by `pod`.
     /// Loopback flows share their direction's table.
     pub fn route(&mut self, pod: &PodId, flow: Flow, target: Option<&str>) -> Route {
-        let tables = self.pods.entry(pod.clone()).or_default();
-        let table = match flow {
-            Flow::Inbound | Flow::LoopbackInbound => &mut tables[0],
-            Flow::Outbound | Flow::LoopbackOutbound => &mut tables[1],
-        };
         // Normalised routes start with `/` (or are `*`), so none can be mistaken for `other`.
         let Some(name) = target.and_then(normalise) else {
             return other();
+        };
+        // Per exchange: clone the pod's name only the first time it is seen.
+        if !self.pods.contains_key(pod) {
+            self.pods.insert(pod.clone(), Default::default());
+        }
+        let tables = self.pods.get_mut(pod).expect("inserted above");
+        let table = match flow {
+            Flow::Inbound | Flow::LoopbackInbound => &mut tables[0],
+            Flow::Outbound | Flow::LoopbackOutbound => &mut tables[1],
         };
         if let Some(id) = table.ids.get(&name) {
             return Route {

@@ -145,10 +145,15 @@ impl Traffic {
     fn pod_mut(&mut self, pod: Option<&PodId>) -> &mut PodTraffic {
         match pod {
             Some(pod) => {
-                let entry = self.pods.entry(pod.clone()).or_insert_with(|| Entry {
-                    traffic: PodTraffic::default(),
-                    gone_since: None,
-                });
+                // Per exchange: clone the pod's name only the first time it is seen.
+                if !self.pods.contains_key(pod) {
+                    let entry = Entry {
+                        traffic: PodTraffic::default(),
+                        gone_since: None,
+                    };
+                    self.pods.insert(pod.clone(), entry);
+                }
+                let entry = self.pods.get_mut(pod).expect("inserted above");
                 entry.gone_since = None;
                 &mut entry.traffic
             }

@@ -192,10 +192,10 @@ pub async fn serve(
     let tls = api::server_config(&certificate)?;
 
     let source = Arc::new(MemorySource::new(podmeter_metrics()));
-    let labels = PodLabels::default();
+    let (labels, watch_labels) = PodLabels::watched(client.clone());
     let (targets, discovered) = channel::channel(BTreeSet::new());
     let mut tasks = JoinSet::new();
-    tasks.spawn(labels.clone().watch(client.clone()));
+    tasks.spawn(watch_labels);
     if let Some(service) = config.agent_service.clone() {
         tasks.spawn(service.watch(client.clone(), targets));
     }

@@ -1,59 +1,77 @@
-//! Pod labels by namespace and name, from a watch of every Pod: the node agents know pods only
-//! by name, and the HPA selects them by label.
+//! Pod labels by namespace and name, from a metadata-only watch of every Pod: the node agents know
+//! pods only by name, and the HPA selects them by label.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, PoisonError, RwLock},
+use std::pin::pin;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt as _,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, ResourceExt};
-
-use super::watch::{self, Selectors};
-
 /// A pod's labels.
-pub type Labels = BTreeMap<String, String>;
+pub type Labels = std::collections::BTreeMap<String, String>;
 
-/// Labels by `(namespace, name)`.
-pub type LabelsByPod = HashMap<(String, String), Labels>;
-
-/// Labels of the pods the cluster has, by `(namespace, name)`.
-#[derive(Clone, Debug, Default)]
+/// Labels of the pods the cluster has: a reflector store of their metadata, looked up by
+/// `(namespace, name)`; each watch event updates one entry.
+#[derive(Clone)]
 pub struct PodLabels {
-    pods: Arc<RwLock<LabelsByPod>>,
+    pods: Store<PartialObjectMeta<Pod>>,
+}
+
+impl Default for PodLabels {
+    /// No pods, and no watch to fill the store (tests, or until [`PodLabels::watched`]).
+    fn default() -> Self {
+        let (pods, _writer) = reflector::store();
+        Self { pods }
+    }
+}
+
+impl std::fmt::Debug for PodLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodLabels")
+            .field("pods", &self.pods.len())
+            .finish()
+    }
 }
 
 impl PodLabels {
     /// The labels of pod `namespace/name`, empty when the cluster has no such pod (yet).
     pub fn get(&self, namespace: &str, name: &str) -> Labels {
         self.pods
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|pod| pod.labels().clone())
             .unwrap_or_default()
     }
 
-    /// Replaces every pod's labels.
-    pub fn replace(&self, pods: LabelsByPod) {
-        *self.pods.write().unwrap_or_else(PoisonError::into_inner) = pods;
-    }
-
-    /// Keeps the labels current from a watch of all pods; runs forever.
-    pub async fn watch(self, client: Client) {
-        let api: Api<Pod> = Api::all(client);
-        watch::run(api, Selectors::default(), "pods", |pods| {
-            self.replace(
-                pods.iter()
-                    .map(|pod| {
-                        (
-                            (pod.namespace().unwrap_or_default(), pod.name_any()),
-                            pod.labels().clone(),
-                        )
-                    })
-                    .collect(),
-            );
-        })
-        .await;
+    /// The labels of every pod, and the watch that keeps them current (run it as a task; it runs
+    /// forever, relisting with backoff after errors). Only metadata is watched, and of it only
+    /// what `get` needs is kept.
+    pub fn watched(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (pods, writer) = reflector::store();
+        // Metadata-only lists and watches: the pods' specs and statuses are never transferred.
+        let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|pod| {
+                pod.metadata.managed_fields = None;
+                pod.metadata.annotations = None;
+            })
+            .reflect(writer);
+        let watch = async move {
+            let mut stream = pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    tracing::warn!(%error, what = "pods", "watch failed; retrying");
+                }
+            }
+        };
+        (Self { pods }, watch)
     }
 }

@@ -244,6 +244,22 @@ impl HttpMetrics {
         let Some(series) = self.pods.remove(pod) else {
             return;
         };
+        // Series carry only namespace and name, so a pod of the same name and another UID (a
+        // StatefulSet's pod created again) holds the same ones: they go too, and its series
+        // start afresh at its next booking instead of counting into series no longer exported.
+        let sharing: Vec<PodId> = self
+            .pods
+            .iter()
+            .filter(|(_, s)| s.labels == series.labels)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &sharing {
+            self.pods.remove(p);
+        }
+        self.remove_series(&series);
+    }
+
+    fn remove_series(&self, series: &PodSeries) {
         let f = &self.families;
         f.requests_started.remove(&series.labels);
         f.requests_per_second.remove(&series.labels);

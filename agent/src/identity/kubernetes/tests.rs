@@ -315,7 +315,8 @@ async fn a_reused_ip_names_the_new_pod_at_once() {
         assert_eq!(old_id.uid.as_deref(), Some(WEB_UID));
 
         // The old pod is terminating while a new pod already shows its address: the new one
-        // holds it from this event on.
+        // holds it from this event on. The new pod was created before the old one (it waited to
+        // be scheduled), so only the rule "not terminating wins" can name it.
         let terminating = PodSpec {
             rv: "6",
             deleting: true,
@@ -327,7 +328,7 @@ async fn a_reused_ip_names_the_new_pod_at_once() {
             rv: "7",
             owner: Some(("ReplicaSet", "api-5d4c3b2a1")),
             labels: json!({"app": "api", "pod-template-hash": "5d4c3b2a1"}),
-            created: "2026-11-23T10:59:59Z",
+            created: "2026-11-23T09:59:59Z",
             ..PodSpec::default()
         };
         server
