@@ -262,9 +262,10 @@ mod tests {
         }))
         .expect("an empty v1beta1 slice");
         assert!(agent_urls([&EndpointSlice::from(&empty)], Some("api")).is_empty());
+        // The path kube builds from the type is the one the 1.20 server serves.
         assert_eq!(
-            EndpointSliceV1Beta1::api_version(&()),
-            "discovery.k8s.io/v1beta1"
+            EndpointSliceV1Beta1::url_path(&(), Some("podmeter-system")),
+            "/apis/discovery.k8s.io/v1beta1/namespaces/podmeter-system/endpointslices"
         );
     }
 }

@@ -5,7 +5,7 @@
 //! tests and other deployments inject their own decision.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     future::Future,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
@@ -71,12 +71,7 @@ pub fn review_spec(user: &UserInfo, attributes: &Attributes) -> SubjectAccessRev
         user: optional(&user.name),
         uid: optional(&user.uid),
         groups: (!user.groups.is_empty()).then(|| user.groups.clone()),
-        extra: (!user.extra.is_empty()).then(|| {
-            user.extra
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>()
-        }),
+        extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
         resource_attributes,
         non_resource_attributes,
     }

@@ -70,6 +70,14 @@ pub struct Requirement {
 }
 
 impl Requirement {
+    /// The one value this requirement pins its key to (`k=v`, `k==v`, `k in (v)`), if any.
+    pub fn exact_value(&self) -> Option<&str> {
+        match (self.operator, self.values.as_slice()) {
+            (Operator::Equals | Operator::DoubleEquals | Operator::In, [value]) => Some(value),
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -169,11 +177,10 @@ impl Selector {
 
     /// `Selector.RequiresExactMatch`: the one value the selector requires for `key`, if any.
     pub fn requires_exact_match(&self, key: &str) -> Option<&str> {
-        let requirement = self.requirements.iter().find(|r| r.key == key)?;
-        match (requirement.operator, requirement.values.as_slice()) {
-            (Operator::Equals | Operator::DoubleEquals | Operator::In, [value]) => Some(value),
-            _ => None,
-        }
+        self.requirements
+            .iter()
+            .find(|r| r.key == key)?
+            .exact_value()
     }
 
     /// The structured form, as `metav1.ParseToLabelSelector(selector.String())` builds it for a

@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     quantity::Quantity,
-    selector::{Operator, Selector},
+    selector::Selector,
     source::{MetricInfo, MetricsSource, PodSample, Sample},
     status::StatusError,
     types::{
@@ -258,12 +258,7 @@ pub fn external_total(
     let metric_labels = selector
         .requirements()
         .iter()
-        .filter_map(|r| match (r.operator(), r.values()) {
-            (Operator::Equals | Operator::DoubleEquals | Operator::In, [value]) => {
-                Some((r.key().to_owned(), value.clone()))
-            }
-            _ => None,
-        })
+        .filter_map(|r| Some((r.key().to_owned(), r.exact_value()?.to_owned())))
         .collect();
     Ok(ExternalMetricValue {
         metric_name: info.name.clone(),
