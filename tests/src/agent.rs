@@ -252,6 +252,16 @@ impl AgentProcess {
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         self.process.try_wait()
     }
+
+    /// Sends `signal` to the agent (nothing once it has exited).
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        self.process.signal(signal)
+    }
+
+    /// Waits up to `timeout` for the agent to exit; `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.process.wait_timeout(timeout)
+    }
 }
 
 /// Finds `<namespace>/<name>` in a `/v1/pods` reply.

@@ -150,13 +150,10 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-/// A Quantity as the metrics API writes values: an integer, or milli-units with `m`; NaN for
-/// anything else.
+/// A Quantity as the metrics API writes values (`25500m`, `10`, `2k`), read with the agent's own
+/// parser; NaN for anything else.
 pub fn quantity(value: &str) -> f64 {
-    match value.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(f64::NAN, |m| m / 1000.0),
-        None => value.parse().unwrap_or(f64::NAN),
-    }
+    podmeter::metrics_api::Quantity::parse(value).map_or(f64::NAN, |q| q.as_f64())
 }
 
 /// `kubectl get --raw path` as `who` for a `MetricValueList`: the served value per pod name.

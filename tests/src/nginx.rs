@@ -134,7 +134,7 @@ impl<'p> Nginx<'p> {
 }
 
 /// TCP ports in LISTEN state in the network namespace of process `pid`.
-pub(crate) fn listening_tcp_ports(pid: u32) -> Vec<u16> {
+pub fn listening_tcp_ports(pid: u32) -> Vec<u16> {
     const TCP_LISTEN: &str = "0A";
     let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
         return Vec::new();

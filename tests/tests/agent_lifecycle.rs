@@ -41,13 +41,10 @@ fn programs_detach_on_sigterm_sigint_and_sigkill() {
             ["podmeter_egress", "podmeter_ingress", "podmeter_sock_ops"],
             "attached"
         );
-        // SAFETY: signalling the agent process this test started.
-        assert_eq!(unsafe { libc::kill(agent.pid() as i32, signal) }, 0);
-        let status = (0..100)
-            .find_map(|_| {
-                std::thread::sleep(Duration::from_millis(100));
-                agent.try_wait().expect("wait")
-            })
+        agent.signal(signal).expect("signal the agent");
+        let status = agent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("wait")
             .expect("agent exits within 10 s");
         assert_eq!(status.success(), clean_exit, "signal {signal}: {status:?}");
         assert!(

@@ -59,6 +59,14 @@ fn backends_settle_at_two_and_five_replicas() {
             .all(|r| r.backends.iter().all(|b| b.replicas == b.desired)),
         "{last:?}"
     );
+    // ... and the double-counted view held its answer too (settling does not look at it).
+    assert!(
+        last.iter().all(|r| r
+            .backends
+            .iter()
+            .all(|b| b.double_counted_desired == outcome.double_counted_replicas[&b.name])),
+        "{last:?}"
+    );
     // And through all the scaling, every request answered was counted once.
     assert!(outcome.answered > 0);
     assert_eq!(outcome.counted_inbound, outcome.answered, "{outcome:?}");

@@ -124,7 +124,7 @@ fn close_http10_bodies_chunked_and_100_continue_each_count_once() {
     assert_eq!(
         agent.wait_stable_counts("default", "pod-c").expect("c"),
         PodCounts {
-            inbound: 100,
+            inbound: sent,
             outbound: 0
         }
     );

@@ -24,7 +24,8 @@ struct Created {
     veths: Vec<String>,
     bridge: String,
     cgroup_root: PathBuf,
-    pids: Vec<u32>,
+    /// Processes seen in the pods, with their command lines.
+    pids: Vec<(u32, String)>,
 }
 
 impl Created {
@@ -36,7 +37,11 @@ impl Created {
     fn record_pod(&mut self, pod: &Pod<'_>) {
         self.netns.push(pod.netns_name().to_owned());
         self.veths.push(pod.host_veth().to_owned());
-        self.pids.extend(pod.pids().expect("pod pids"));
+        // Each with its command line now: later, the same PID with another command line is
+        // another process (PID reuse), and this one is gone.
+        for pid in pod.pids().expect("pod pids") {
+            self.pids.push((pid, cmdline(pid)));
+        }
     }
 }
 
@@ -46,11 +51,16 @@ fn stdout_of(program: &str, args: &[&str]) -> String {
     run_ok(command, SHORT).expect("host command").stdout
 }
 
-/// A PID is gone when /proc has no such process, or it is a different program (PID reuse).
-fn process_gone(pid: u32, program: &str) -> bool {
+/// The command line of process `pid`, empty when there is none.
+fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| !String::from_utf8_lossy(&cmdline).contains(program))
-        .unwrap_or(true)
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .unwrap_or_default()
+}
+
+/// A PID is gone when /proc has no such process, or it runs another command line (PID reuse).
+fn process_gone(pid: u32, recorded: &str) -> bool {
+    cmdline(pid) != recorded
 }
 
 fn assert_removed(created: &Created) {
@@ -89,8 +99,11 @@ fn assert_removed(created: &Created) {
         "cgroup {} left",
         created.cgroup_root.display()
     );
-    for pid in &created.pids {
-        assert!(process_gone(*pid, "nginx"), "nginx process {pid} left");
+    for (pid, recorded) in &created.pids {
+        assert!(
+            process_gone(*pid, recorded),
+            "process {pid} ({recorded:?}) left"
+        );
     }
 }
 
@@ -424,7 +437,7 @@ fn dropping_the_guards_removes_everything() {
         assert_eq!(report.status(200), 20);
         created.record_pod(&pod_a);
         created.record_pod(&pod_b);
-        assert!(created.pids.contains(&nginx.pid()));
+        assert!(created.pids.iter().any(|(pid, _)| *pid == nginx.pid()));
         assert_eq!(
             created.pids.len(),
             2,
@@ -453,6 +466,11 @@ fn a_panicking_test_body_still_cleans_up() {
     assert!(outcome.is_err(), "the body was supposed to panic");
     let created = created.into_inner().expect("lock");
     assert_eq!(created.netns.len(), 2);
+    assert!(
+        created.pids.iter().any(|(_, c)| c.starts_with("sleep")),
+        "the sleeper was recorded: {:?}",
+        created.pids
+    );
     assert_removed(&created);
 }
 

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use podmeter_tests::{AgentProcess, Cluster, Curl, Nginx, PodCounts, run_with_input, serial};
+use podmeter_tests::{
+    AgentProcess, Cluster, Curl, Nginx, PodCounts, nginx::listening_tcp_ports, run_with_input,
+    serial, wait::poll_until,
+};
 
 #[test]
 fn non_http_traffic_adds_nothing() {
@@ -13,7 +16,7 @@ fn non_http_traffic_adds_nothing() {
     let pod_b = cluster.pod("default", "pod-b").expect("pod b");
     let _nginx = Nginx::start(&pod_b).expect("nginx in pod b");
     // An echo server: whatever a client sends comes back, so the client also receives it.
-    let _echo = pod_b
+    let echo = pod_b
         .spawn(
             "ncat",
             &["--listen", "--keep-open", "--exec", "/bin/cat", "6379"],
@@ -21,7 +24,12 @@ fn non_http_traffic_adds_nothing() {
         .expect("echo server in pod b");
     let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
     let b = pod_b.ip().to_string();
-    std::thread::sleep(Duration::from_millis(300)); // ncat listening
+    assert!(
+        poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            listening_tcp_ports(echo.pid()).contains(&6379)
+        }),
+        "the echo server listens on 6379"
+    );
 
     let mut random = vec![0u8; 256 * 1024];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -42,9 +50,21 @@ fn non_http_traffic_adds_nothing() {
         ("HTTP look-alikes to the echo server", "6379", look_alikes),
     ] {
         let mut ncat = pod_a.command("ncat").expect("ncat");
-        ncat.args(["--wait", "5", "--idle-timeout", "2", &b, port]);
+        // --no-shutdown: a half-close after the input makes the echo server's ncat end the
+        // connection before cat has written the echo back.
+        ncat.args([
+            "--no-shutdown",
+            "--wait",
+            "5",
+            "--idle-timeout",
+            "2",
+            &b,
+            port,
+        ]);
         let out = run_with_input(ncat, &input, Duration::from_secs(20)).expect(what);
         eprintln!("{what}: {} bytes back", out.stdout.len());
+        // An answer (the echo, or nginx's 400) proves the bytes reached the server's socket.
+        assert!(!out.stdout.is_empty(), "{what}: nothing came back: {out:?}");
     }
     for port in ["80", "6379"] {
         let mut tls = pod_a.command("openssl").expect("openssl");
@@ -57,6 +77,8 @@ fn non_http_traffic_adds_nothing() {
         ]);
         let out = run_with_input(tls, b"", Duration::from_secs(20)).expect("tls handshake");
         assert!(!out.success(), "no TLS server there: the handshake fails");
+        // ... after the connection was made, so the ClientHello went out.
+        assert!(out.stdout.contains("CONNECTED("), "port {port}: {out:?}");
     }
 
     assert_eq!(

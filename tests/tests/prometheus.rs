@@ -211,7 +211,13 @@ fn prometheus_rate_and_the_gauge_match_the_rate_hey_drives() {
     // The step down after the load: 90 % of the way to zero within the same bound.
     let mut fell_to_10 = None;
     while ended.elapsed() < Duration::from_secs(WINDOW_SECS + 5) {
-        if json_rate(&agent, "default", "pod-b") <= 0.1 * driven {
+        // pod-b is listed for sure now: an error here must fail, not read as a fallen rate.
+        let rate = agent
+            .pod_entry("default", "pod-b")
+            .expect("pod-b stays listed")["inbound"]["rate"]
+            .as_f64()
+            .expect("a rate");
+        if rate <= 0.1 * driven {
             fell_to_10 = Some(ended.elapsed());
             break;
         }
