@@ -191,15 +191,7 @@ fn on_request_direction(
         end_exchange(conn, cookie, ingress, seg, status_class::OTHER, 0);
         bump(stat::RESPONSES_UNRECOGNISED);
     }
-    // SAFETY: helper called with the program's own context.
-    conn.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
-    // SAFETY: reading a field of the program's own context.
-    let ifindex = unsafe { (*skb).ifindex };
-    conn.peer = if ifindex == 1 || seg.has_loopback_address() {
-        peer::LOOPBACK
-    } else {
-        peer::REMOTE
-    };
+    (conn.cgroup_id, conn.peer) = socket_cgroup_and_peer(skb, seg);
     conn.phase = phase::AWAITING_RESPONSE;
     conn.req_seq = seg.seq;
     conn.flags = (conn.flags | flag::REQ_SEQ) & !flag::RESPONSE_DATA;
