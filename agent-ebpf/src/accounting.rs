@@ -11,7 +11,7 @@ use crate::maps::{COUNTS, EVENTS, STATS};
 /// timer, so one wake-up serves hundreds of events instead of one each.
 const WAKEUP_BYTES: u64 = 64 * 1024;
 /// What one event takes in the ring: the record and its 8-byte header, rounded up to 8 bytes.
-const RECORD_BYTES: u64 = (core::mem::size_of::<HttpEvent>() as u64 + 8).next_multiple_of(8);
+const RECORD_BYTES: u64 = (size_of::<HttpEvent>() as u64 + 8).next_multiple_of(8);
 
 /// Adds one in place. The add is atomic because a softirq (ingress) can interrupt a program
 /// running in process context (egress) on the same CPU and touch the same per-CPU slot.

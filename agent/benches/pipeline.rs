@@ -13,7 +13,7 @@ use std::{
 };
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use podmeter::{
+use podmeter_agent::{
     agent::{Health, NodeState, Shared},
     counters::{self, Deltas},
     drain::Drain,
@@ -58,7 +58,7 @@ fn record(event: &HttpEvent) -> Vec<u8> {
     let bytes = unsafe {
         std::slice::from_raw_parts(
             std::ptr::from_ref(event).cast::<u8>(),
-            std::mem::size_of::<HttpEvent>(),
+            size_of::<HttpEvent>(),
         )
     };
     bytes.to_vec()

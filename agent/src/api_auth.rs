@@ -36,11 +36,11 @@ pub enum ApiAuth {
 pub async fn protect_api(
     router: Router,
     auth: &ApiAuth,
-) -> Result<Router, crate::aggregator::Error> {
+) -> Result<Router, podmeter_kube::ClientError> {
     match auth {
         ApiAuth::None => Ok(router),
         ApiAuth::TokenReview { kubeconfig } => {
-            let client = crate::aggregator::command::client(kubeconfig.as_deref()).await?;
+            let client = podmeter_kube::client(kubeconfig.as_deref()).await?;
             Ok(require_token(router, KubeTokenReviewer::new(client)))
         }
     }

@@ -42,7 +42,7 @@ pub fn count_keys(fd: BorrowedFd<'_>, max_entries: u32) -> io::Result<u64> {
                 libc::SYS_bpf,
                 BPF_MAP_GET_NEXT_KEY,
                 std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<ElemAttr>(),
+                size_of::<ElemAttr>(),
             )
         };
         if rc != 0 {

@@ -105,7 +105,7 @@ pub enum Event {
 
 /// Decodes one ring buffer record; `None` for a record of the wrong size or kind.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < std::mem::size_of::<HttpEvent>() {
+    if bytes.len() < size_of::<HttpEvent>() {
         return None;
     }
     // SAFETY: the size was checked; HttpEvent is plain old data valid for any bytes.

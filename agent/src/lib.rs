@@ -16,7 +16,6 @@
 //! [`aggregator`] is the `podmeter metrics-api` process that feeds it from every node agent.
 
 pub mod agent;
-pub mod aggregator;
 pub mod api;
 pub mod api_auth;
 pub mod cgroups;
@@ -29,20 +28,15 @@ pub mod error;
 pub mod events;
 pub mod fast_map;
 pub mod flows;
-pub mod hpa;
 pub mod identity;
 pub mod latency;
 pub mod metrics;
-pub mod metrics_api;
 pub mod node;
 pub mod pods;
 pub mod preflight;
 pub mod rates;
-pub mod recommend;
 pub mod ring_fill;
 pub mod routes;
-pub mod shutdown;
-pub mod top;
 pub mod traffic;
 
 pub use error::Error;

@@ -47,16 +47,13 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// The binary under test: `$PODMETER_BIN`, else `<workspace>/target/debug/podmeter`.
+    /// The binary under test: `$PODMETER_BIN`, else `podmeter` in the debug directory of
+    /// `$CARGO_TARGET_DIR` or `<workspace>/target`.
     pub fn binary() -> PathBuf {
         if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
             return PathBuf::from(path);
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        workspace.join("target").join("debug").join("podmeter")
+        crate::target_dir().join("debug").join("podmeter")
     }
 
     /// Starts `podmeter agent --cgroup-root <cgroup_root> --listen 127.0.0.1:0 <extra_args>` and

@@ -4,7 +4,7 @@
 //! Each backend is a set of netns pods running nginx behind its own ingress pod (nginx as an L7
 //! load balancer, round robin per request, reloaded when pods come and go). A client pod runs hey
 //! at a fixed total rate against the ingress. Every sync period the scenario reads each backend
-//! pod's inbound rate from the agent (`/v1/pods`), asks [`podmeter::recommend::Recommender`] (the
+//! pod's inbound rate from the agent (`/v1/pods`), asks [`podmeter_hpa::recommend::Recommender`] (the
 //! HPA's algorithm) for the desired count, and starts or stops backend pods to match. Beside it, a
 //! second recommender is fed what a source that counts each request at both ends would report
 //! (the backend pod's server-side count plus its share of the ingress pod's client-side count,
@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use podmeter::recommend::{PodRate, Recommender, WorkloadSpec};
+use podmeter_hpa::recommend::{PodRate, Recommender, WorkloadSpec};
 use serde_json::Value;
 
 use crate::{

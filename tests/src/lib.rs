@@ -8,7 +8,7 @@
 //! run left behind.
 //!
 //! Environment:
-//! - `PODMETER_BIN`: agent binary (default `<workspace>/target/debug/podmeter`).
+//! - `PODMETER_BIN`: agent binary (default `debug/podmeter` in [`target_dir`]).
 //! - `PODMETER_TESTS_CGROUP2`: cgroup2 mount (default `/sys/fs/cgroup/unified`).
 //! - `PODMETER_TESTS_IGNORE_FIREWALL=1`: start even if the root firewall drops by policy.
 //!
@@ -57,3 +57,16 @@ pub use netns::{Cluster, Network, Pod};
 pub use nginx::Nginx;
 pub use process::{ChildGuard, CommandOutput, run, run_ok, run_with_input};
 pub use tempdir::TempDir;
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("target")
+        },
+        std::path::PathBuf::from,
+    )
+}

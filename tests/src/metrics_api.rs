@@ -153,7 +153,7 @@ fn base64(data: &[u8]) -> String {
 /// A Quantity as the metrics API writes values (`25500m`, `10`, `2k`), read with the agent's own
 /// parser; NaN for anything else.
 pub fn quantity(value: &str) -> f64 {
-    podmeter::metrics_api::Quantity::parse(value).map_or(f64::NAN, |q| q.as_f64())
+    podmeter_metrics_api::Quantity::parse(value).map_or(f64::NAN, |q| q.as_f64())
 }
 
 /// `kubectl get --raw path` as `who` for a `MetricValueList`: the served value per pod name.

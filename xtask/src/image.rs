@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::test::{cargo, workspace};
+use crate::test::{cargo, target_dir, workspace};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -29,8 +29,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         TARGET,
     ])?;
     let root = workspace();
-    let built = root.join("target").join(TARGET).join("release/podmeter");
-    let context = root.join("target/image");
+    let built = target_dir().join(TARGET).join("release/podmeter");
+    let context = target_dir().join("image");
     std::fs::create_dir_all(&context)?;
     let binary = context.join("podmeter");
     std::fs::copy(&built, &binary).with_context(|| format!("copying {}", built.display()))?;

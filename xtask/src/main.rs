@@ -40,12 +40,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Lint => test::lint(),
-        Task::Test { no_lint, args } => {
-            if !no_lint {
-                test::lint()?;
-            }
-            test::test(&args)
-        }
+        Task::Test { no_lint, args } => test::test(!no_lint, &args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Image(args) => image::run(&args),

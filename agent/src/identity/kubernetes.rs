@@ -72,10 +72,7 @@ impl KubernetesIdentity {
     /// Connects with `kubeconfig`, else the in-cluster configuration or `$KUBECONFIG`, and starts
     /// watching.
     pub async fn connect(node: &str, kubeconfig: Option<&Path>) -> Result<Self, KubernetesError> {
-        // The client's TLS takes the process-wide provider; ring is the one built in. An error
-        // means one is installed already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = crate::aggregator::command::client(kubeconfig)
+        let client = podmeter_kube::client(kubeconfig)
             .await
             .map_err(|e| KubernetesError::Client(e.to_string()))?;
         Ok(Self::start(client, node))

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{BIN_DIR_ENV, DEFAULT_BIN_DIR, ETCD_BIN_ENV};
+use super::{BIN_DIR_ENV, ETCD_BIN_ENV, cache_bin_dir};
 use crate::process::ChildGuard;
 
 /// How long a first build by the script may take before the guard gives up.
@@ -27,7 +27,7 @@ impl Binaries {
     pub(super) fn locate() -> Result<Self> {
         let (dir, overridden) = match std::env::var_os(BIN_DIR_ENV) {
             Some(dir) => (PathBuf::from(dir), true),
-            None => (PathBuf::from(DEFAULT_BIN_DIR), false),
+            None => (cache_bin_dir(), false),
         };
         let apiserver = dir.join("kube-apiserver");
         let controller_manager = dir.join("kube-controller-manager");
@@ -52,9 +52,10 @@ impl Binaries {
             if overridden || etcd_override.is_some() {
                 bail!(
                     "missing: {}; run scripts/k8s-control-plane.sh (it builds the Kubernetes \
-                     binaries into {DEFAULT_BIN_DIR} and installs etcd-server), or fix \
+                     binaries into {} and installs etcd-server), or fix \
                      {BIN_DIR_ENV}/{ETCD_BIN_ENV}",
-                    absent.join(", ")
+                    absent.join(", "),
+                    cache_bin_dir().display()
                 );
             }
             run_build_script()?;
@@ -85,8 +86,9 @@ fn run_build_script() -> Result<()> {
         .unwrap_or(Path::new("."))
         .join("scripts/k8s-control-plane.sh");
     eprintln!(
-        "podmeter-tests: Kubernetes binaries missing from {DEFAULT_BIN_DIR}; running {} \
-         (the first build takes about 5 minutes)",
+        "podmeter-tests: Kubernetes binaries missing from {}; running {} \
+         (the first build takes 5 to 8 minutes)",
+        cache_bin_dir().display(),
         script.display()
     );
     let mut guard = ChildGuard::spawn_forwarding(Command::new(&script), "k8s-control-plane.sh")?;

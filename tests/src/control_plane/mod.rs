@@ -8,8 +8,10 @@
 //!
 //! Environment:
 //! - `PODMETER_K8S_BIN`: directory holding `kube-apiserver` and `kube-controller-manager`
-//!   (default [`DEFAULT_BIN_DIR`]). When the default directory is incomplete, the guard runs
-//!   `scripts/k8s-control-plane.sh` first (idempotent; the first build takes about 5 minutes).
+//!   (default `bin/` of the script's cache: `$PODMETER_K8S_CACHE`, else [`DEFAULT_CACHE_DIR`]).
+//!   `cargo xtask test` runs `scripts/k8s-control-plane.sh` as a step before any test starts;
+//!   a test run any other way finds an incomplete default cache and runs the script itself, before
+//!   its start deadline begins (idempotent; the first build takes 5 to 8 minutes).
 //! - `PODMETER_ETCD_BIN`: etcd binary (default `etcd` on `PATH`, from Debian's `etcd-server`).
 //!
 //! Also needed on `PATH`: `openssl`, `curl` and `kubectl` (any recent client; a 1.32 client works
@@ -49,10 +51,21 @@ use pki::{Pki, serving_cert};
 
 /// The Kubernetes version the script builds.
 pub const K8S_VERSION: &str = "1.20.2";
-/// Where `scripts/k8s-control-plane.sh` caches the binaries.
-pub const DEFAULT_BIN_DIR: &str = "/var/cache/podmeter/k8s-v1.20.2/bin";
-/// Overrides [`DEFAULT_BIN_DIR`].
+/// Where `scripts/k8s-control-plane.sh` caches its build unless `$PODMETER_K8S_CACHE` says
+/// otherwise; the binaries are in its `bin/`.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/podmeter/k8s-v1.20.2";
+/// The script's cache directory (the script reads the same variable).
+pub const CACHE_DIR_ENV: &str = "PODMETER_K8S_CACHE";
+/// Overrides the cache's `bin/`.
 pub const BIN_DIR_ENV: &str = "PODMETER_K8S_BIN";
+
+/// The directory the script writes the binaries to: `$PODMETER_K8S_CACHE/bin`, else
+/// [`DEFAULT_CACHE_DIR`]`/bin`.
+pub fn cache_bin_dir() -> PathBuf {
+    std::env::var_os(CACHE_DIR_ENV)
+        .map_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR), PathBuf::from)
+        .join("bin")
+}
 /// Overrides the etcd binary.
 pub const ETCD_BIN_ENV: &str = "PODMETER_ETCD_BIN";
 /// The Service CIDR given to the apiserver (nothing routes it: no kube-proxy runs).

@@ -36,10 +36,11 @@ impl ControlPlane {
     /// `/readyz` is ok and the controllers gave the `default` ServiceAccount its token, so that
     /// pods can be created.
     pub fn start_with(options: ControlPlaneOptions) -> Result<Self> {
+        stale::remove_leftovers_of_dead_runs();
+        // Locating may build the binaries once (minutes): the start deadline begins after it.
+        let binaries = Binaries::locate()?;
         let started = Instant::now();
         let deadline = started + options.start_timeout;
-        stale::remove_leftovers_of_dead_runs();
-        let binaries = Binaries::locate()?;
         let dir = TempDir::new("k8s")?;
         let pki = Pki::generate(dir.path()).context("generating certificates with openssl")?;
         let [etcd_port, etcd_peer_port, api_port] = free_ports()?;

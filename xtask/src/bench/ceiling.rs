@@ -40,7 +40,7 @@ pub fn build() -> Result<()> {
 
 /// Runs the criterion benches pinned to `cpu` and reads their estimates.
 pub fn criterion(plan: &Plan, cpu: usize) -> Result<Vec<CriterionBench>> {
-    let results = workspace().join("target/criterion");
+    let results = crate::test::target_dir().join("criterion");
     for bench in BENCHES {
         // Stale results of an earlier run must not pass for this one's.
         let _ = std::fs::remove_dir_all(results.join(bench).join("new"));

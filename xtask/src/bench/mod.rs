@@ -221,7 +221,7 @@ pub fn run(args: &Args) -> Result<()> {
     if wants(Section::Ceiling) {
         ceiling::build()?;
     }
-    let agent_bin = workspace().join("target/release/podmeter");
+    let agent_bin = crate::test::target_dir().join("release/podmeter");
     let build_secs = build_started.elapsed().as_secs_f64();
 
     crate::interrupt::catch_ctrl_c();
@@ -320,7 +320,7 @@ pub fn run(args: &Args) -> Result<()> {
         if profile::perf_available() {
             let dir = out
                 .parent()
-                .map_or_else(|| workspace().join("target/bench"), Path::to_path_buf);
+                .map_or_else(|| crate::test::target_dir().join("bench"), Path::to_path_buf);
             summary.profile = Some(profile::measure(&lab, &dir)?);
         } else {
             println!("  skipped: perf is not installed (Debian: apt-get install linux-perf)");

@@ -1,0 +1,317 @@
+//! Collection: every interval, each node agent's `/v1/pods` is read (concurrently, each read
+//! bounded by a timeout) and the metrics API's [`MemorySource`] is replaced by the union of the
+//! answers. An agent that stopped answering keeps its last answer only for the staleness bound;
+//! after that its pods are absent (the HPA treats them as missing) rather than frozen.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Deserialize;
+use tokio::{sync::watch as channel, task::JoinSet};
+
+use super::{error::FetchError, labels::PodLabels};
+use crate::{
+    HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
+};
+
+/// How often and how patiently the agents are read.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Time between two collections.
+    pub interval: Duration,
+    /// Bound on one agent's answer.
+    pub timeout: Duration,
+    /// How long an agent's last answer is served after it stopped answering.
+    pub staleness: Duration,
+}
+
+/// The part of an agent's `/v1/pods` answer the metrics API serves.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodsReply {
+    pub rate_window_seconds: u32,
+    pub pods: Vec<PodEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub inbound: Flow,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Flow {
+    /// Requests per second over the agent's rate window.
+    pub rate: f64,
+    /// Request duration quantiles over the same window; absent or `null` without exchanges (and
+    /// from agents older than this field).
+    #[serde(default)]
+    pub duration: Option<Durations>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Durations {
+    pub p95_seconds: f64,
+}
+
+/// One agent's last good answer.
+#[derive(Clone, Debug)]
+struct Answer {
+    received: Instant,
+    timestamp: SystemTime,
+    reply: PodsReply,
+}
+
+/// Reads `GET {url}/v1/pods` (blocking; run it off the async threads), with `token` as the
+/// bearer token when given.
+pub fn fetch(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<PodsReply, FetchError> {
+    let wrap = |source| FetchError {
+        url: url.to_owned(),
+        source,
+    };
+    let mut request = agent.get(&format!("{url}/v1/pods"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    request
+        .call()
+        .map_err(wrap)?
+        .body_mut()
+        .read_json()
+        .map_err(wrap)
+}
+
+/// The answers still fresh at `now`, as the metrics API's pods by namespace. A pod two agents
+/// report (it moved) takes the newer answer.
+fn snapshot(
+    answers: &HashMap<String, Answer>,
+    labels: &PodLabels,
+    now: Instant,
+    staleness: Duration,
+) -> BTreeMap<String, Vec<PodSample>> {
+    let mut fresh: Vec<&Answer> = answers
+        .values()
+        .filter(|a| now.saturating_duration_since(a.received) <= staleness)
+        .collect();
+    fresh.sort_by_key(|a| a.received);
+    let mut pods: BTreeMap<(String, String), PodSample> = BTreeMap::new();
+    for answer in fresh {
+        let window = Duration::from_secs(u64::from(answer.reply.rate_window_seconds));
+        for pod in &answer.reply.pods {
+            let sample = |value| Sample {
+                value,
+                timestamp: answer.timestamp,
+                window: Some(window),
+            };
+            let mut values = BTreeMap::from([(
+                HTTP_REQUESTS_PER_SECOND.to_owned(),
+                sample(pod.inbound.rate),
+            )]);
+            if let Some(d) = &pod.inbound.duration {
+                values.insert(
+                    HTTP_REQUEST_DURATION_SECONDS_P95.to_owned(),
+                    sample(d.p95_seconds),
+                );
+            }
+            pods.insert(
+                (pod.namespace.clone(), pod.name.clone()),
+                PodSample {
+                    name: pod.name.clone(),
+                    labels: labels.get(&pod.namespace, &pod.name),
+                    values,
+                },
+            );
+        }
+    }
+    let mut by_namespace: BTreeMap<String, Vec<PodSample>> = BTreeMap::new();
+    for ((namespace, _), sample) in pods {
+        by_namespace.entry(namespace).or_default().push(sample);
+    }
+    by_namespace
+}
+
+/// Reads the bearer token for the agents from `path` (trimmed); `None` without a path or when
+/// the file cannot be read (logged). Read at every collection: projected tokens rotate.
+fn read_token(path: Option<&Path>) -> Option<Arc<str>> {
+    let path = path?;
+    match std::fs::read_to_string(path) {
+        Ok(token) => Some(Arc::from(token.trim())),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot read the agent token");
+            None
+        }
+    }
+}
+
+/// Collects from `fixed` and the discovered agents into `source` until the task is dropped,
+/// authenticating with the token in `token_file` when given.
+pub async fn run(
+    source: Arc<MemorySource>,
+    fixed: Vec<String>,
+    discovered: channel::Receiver<BTreeSet<String>>,
+    labels: PodLabels,
+    timing: Timing,
+    token_file: Option<PathBuf>,
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timing.timeout))
+        .build()
+        .into();
+    let mut answers: HashMap<String, Answer> = HashMap::new();
+    let mut failing: BTreeSet<String> = BTreeSet::new();
+    let mut ticker = tokio::time::interval(timing.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let targets: BTreeSet<String> = fixed
+            .iter()
+            .cloned()
+            .chain(discovered.borrow().iter().cloned())
+            .collect();
+        // An agent no longer listed goes at once, not after the staleness bound.
+        answers.retain(|url, _| targets.contains(url));
+        failing.retain(|url| targets.contains(url));
+        let token = read_token(token_file.as_deref());
+        let mut reads = JoinSet::new();
+        for url in targets {
+            let agent = agent.clone();
+            let token = token.clone();
+            reads.spawn_blocking(move || {
+                let reply = fetch(&agent, &url, token.as_deref());
+                (url, reply)
+            });
+        }
+        while let Some(joined) = reads.join_next().await {
+            let Ok((url, reply)) = joined else { continue };
+            match reply {
+                Ok(reply) => {
+                    if failing.remove(&url) {
+                        tracing::info!(%url, "node agent answers again");
+                    }
+                    answers.insert(
+                        url,
+                        Answer {
+                            received: Instant::now(),
+                            timestamp: SystemTime::now(),
+                            reply,
+                        },
+                    );
+                }
+                Err(error) => {
+                    // Once per outage, not once per interval.
+                    if failing.insert(url) {
+                        tracing::warn!(%error, "node agent does not answer");
+                    }
+                }
+            }
+        }
+        source.replace(snapshot(
+            &answers,
+            &labels,
+            Instant::now(),
+            timing.staleness,
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(received: Instant, pods: &[(&str, &str, f64)]) -> Answer {
+        Answer {
+            received,
+            timestamp: SystemTime::now(),
+            reply: PodsReply {
+                rate_window_seconds: 10,
+                pods: pods
+                    .iter()
+                    .map(|&(namespace, name, rate)| PodEntry {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        inbound: Flow {
+                            rate,
+                            duration: None,
+                        },
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn stale_agents_drop_out_and_moved_pods_take_the_newer_answer() {
+        let now = Instant::now();
+        let staleness = Duration::from_secs(5);
+        let answers = HashMap::from([
+            (
+                "http://a".to_owned(),
+                answer(now - Duration::from_secs(2), &[("default", "web-1", 3.0)]),
+            ),
+            (
+                "http://b".to_owned(),
+                answer(
+                    now - Duration::from_secs(1),
+                    &[("default", "web-1", 7.0), ("demo", "x", 1.0)],
+                ),
+            ),
+            (
+                "http://c".to_owned(),
+                answer(now - Duration::from_secs(6), &[("default", "gone", 9.0)]),
+            ),
+        ]);
+        let pods = snapshot(&answers, &PodLabels::default(), now, staleness);
+        let default = &pods["default"];
+        assert_eq!(default.len(), 1, "{default:?}");
+        assert_eq!(default[0].name, "web-1");
+        let sample = &default[0].values[HTTP_REQUESTS_PER_SECOND];
+        assert!((sample.value - 7.0).abs() < f64::EPSILON);
+        assert_eq!(sample.window, Some(Duration::from_secs(10)));
+        assert_eq!(pods["demo"].len(), 1);
+    }
+
+    #[test]
+    fn the_p95_duration_is_served_for_pods_with_exchanges_in_the_window() {
+        // The fields of an agent's `/v1/pods` the collector reads, among others it ignores.
+        let reply: PodsReply = serde_json::from_value(serde_json::json!({
+            "rate_window_seconds": 30,
+            "pods": [
+                {"namespace": "shop", "name": "busy", "workload": null,
+                 "inbound": {"requests": 300, "rate": 10.0,
+                             "duration": {"exchanges": 300, "p50_seconds": 0.0051,
+                                          "p90_seconds": 0.0102, "p95_seconds": 0.0503,
+                                          "p99_seconds": 0.1007}},
+                 "outbound": {"requests": 0, "rate": 0.0, "duration": null}},
+                {"namespace": "shop", "name": "idle",
+                 "inbound": {"requests": 0, "rate": 0.0, "duration": null}}
+            ],
+            "unattributed": {}
+        }))
+        .expect("an agent reply");
+        let now = Instant::now();
+        let answers = HashMap::from([(
+            "http://a".to_owned(),
+            Answer {
+                received: now,
+                timestamp: SystemTime::now(),
+                reply,
+            },
+        )]);
+        let pods = snapshot(&answers, &PodLabels::default(), now, Duration::from_secs(5));
+        let [busy, idle] = &pods["shop"][..] else {
+            panic!("two pods: {pods:?}");
+        };
+        let p95 = &busy.values[HTTP_REQUEST_DURATION_SECONDS_P95];
+        assert!((p95.value - 0.0503).abs() < f64::EPSILON);
+        assert_eq!(p95.window, Some(Duration::from_secs(30)));
+        assert!(busy.values.contains_key(HTTP_REQUESTS_PER_SECOND));
+        // No exchanges, no latency: the pod is absent from that metric, not reported as 0 s.
+        assert_eq!(idle.name, "idle");
+        assert!(!idle.values.contains_key(HTTP_REQUEST_DURATION_SECONDS_P95));
+        assert!(idle.values.contains_key(HTTP_REQUESTS_PER_SECOND));
+    }
+}

@@ -1,0 +1,243 @@
+//! `podmeter metrics-api`: wires discovery, collection, the request-header watch, the serving
+//! certificate's reload and the metrics API server together, and runs them until told to stop.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::watch as channel, task::JoinSet};
+
+use super::{
+    Error,
+    collector::{self, Timing},
+    configmap,
+    discovery::AgentService,
+    labels::PodLabels,
+};
+use crate::{
+    self as api, ApiOptions, MemorySource, RequestHeaderAuth, ReviewCache, ServingCertificate,
+    SubjectAccessReviewAuthorizer, podmeter_metrics,
+};
+
+/// How often the serving certificate's files are checked for a change.
+const CERT_CHECK: Duration = Duration::from_secs(5);
+
+/// What `podmeter metrics-api` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the TLS server listens.
+    pub listen: SocketAddr,
+    pub tls_cert_file: PathBuf,
+    pub tls_private_key_file: PathBuf,
+    /// Kubeconfig for the apiserver calls (SubjectAccessReviews, watches); `None` means
+    /// in-cluster or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Agent base URLs always collected from.
+    pub agents: Vec<String>,
+    /// The agents' Service, whose EndpointSlices are watched.
+    pub agent_service: Option<AgentService>,
+    pub timing: Timing,
+    /// Also serve `external.metrics.k8s.io`.
+    pub external_metrics: bool,
+    /// Bearer token file for the node agents' API.
+    pub agent_token_file: Option<PathBuf>,
+}
+
+/// The flags of `podmeter metrics-api`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Address of the TLS server (the APIService's Service points here).
+    #[arg(
+        long,
+        env = "PODMETER_METRICS_API_LISTEN",
+        default_value = "0.0.0.0:6443"
+    )]
+    pub listen: SocketAddr,
+    /// Serving certificate chain (PEM); reloaded when the file changes.
+    #[arg(long)]
+    pub tls_cert_file: PathBuf,
+    /// Serving private key (PEM); reloaded when the file changes.
+    #[arg(long)]
+    pub tls_private_key_file: PathBuf,
+    /// Kubeconfig for SubjectAccessReviews and watches (default: in-cluster or $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A node agent's base URL (repeatable), collected from besides the discovered ones.
+    #[arg(long = "agent")]
+    pub agents: Vec<String>,
+    /// The node agents' Service (NAMESPACE/NAME), whose EndpointSlices are watched.
+    #[arg(long, env = "PODMETER_AGENT_SERVICE")]
+    pub agent_service: Option<String>,
+    /// The EndpointSlice port name of the agent API (default: each slice's first port).
+    #[arg(long)]
+    pub agent_port_name: Option<String>,
+    /// Milliseconds between two collections from every agent.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    pub collect_interval_ms: u64,
+    /// Seconds after which an agent that stopped answering has its pods' values dropped.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub staleness_secs: u64,
+    /// Do not serve external.metrics.k8s.io.
+    #[arg(long)]
+    pub no_external_metrics: bool,
+    /// File with a bearer token sent to the node agents (e.g. the pod's projected
+    /// ServiceAccount token); read again at every collection.
+    #[arg(long)]
+    pub agent_token_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The configuration these flags describe.
+    pub fn config(self) -> Result<Config, Error> {
+        let interval = Duration::from_millis(self.collect_interval_ms);
+        let agent_service = self
+            .agent_service
+            .map(|service| parse_service(&service, self.agent_port_name))
+            .transpose()?;
+        Ok(Config {
+            listen: self.listen,
+            tls_cert_file: self.tls_cert_file,
+            tls_private_key_file: self.tls_private_key_file,
+            kubeconfig: self.kubeconfig,
+            agents: self
+                .agents
+                .into_iter()
+                .map(|url| url.trim_end_matches('/').to_owned())
+                .collect(),
+            agent_service,
+            timing: Timing {
+                interval,
+                // One slow agent must not hold back the next collection for long.
+                timeout: interval.max(Duration::from_secs(1)),
+                staleness: Duration::from_secs(self.staleness_secs),
+            },
+            external_metrics: !self.no_external_metrics,
+            agent_token_file: self.agent_token_file,
+        })
+    }
+}
+
+/// `podmeter metrics-api` with `args`.
+pub fn run_args(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    run(args.config()?, shutdown)
+}
+
+/// Parses `NAMESPACE/NAME` for `--agent-service`.
+pub fn parse_service(value: &str, port_name: Option<String>) -> Result<AgentService, Error> {
+    match value.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(AgentService {
+            namespace: namespace.into(),
+            name: name.into(),
+            port_name,
+        }),
+        _ => Err(Error::ServiceName(value.into())),
+    }
+}
+
+/// Runs the process on its own runtime until `shutdown` completes.
+pub fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(serve(config, shutdown, |addr| {
+        // Scripts and tests wait for this line.
+        println!("podmeter: metrics-api listening on https://{addr}");
+    }))
+}
+
+/// Serves until `shutdown` completes; `on_listening` gets the bound address.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    if config.agents.is_empty() && config.agent_service.is_none() {
+        return Err(Error::NoAgents);
+    }
+    let client = podmeter_kube::client(config.kubeconfig.as_deref()).await?;
+    let request_headers = RequestHeaderAuth::new(configmap::read(client.clone()).await?)?;
+    let certificate =
+        ServingCertificate::from_files(&config.tls_cert_file, &config.tls_private_key_file)?;
+    let tls = api::server_config(&certificate)?;
+
+    let source = Arc::new(MemorySource::new(podmeter_metrics()));
+    let (labels, watch_labels) = PodLabels::watched(client.clone());
+    let (targets, discovered) = channel::channel(BTreeSet::new());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watch_labels);
+    if let Some(service) = config.agent_service.clone() {
+        tasks.spawn(service.watch(client.clone(), targets));
+    }
+    tasks.spawn(collector::run(
+        source.clone(),
+        config.agents.clone(),
+        discovered,
+        labels,
+        config.timing,
+        config.agent_token_file.clone(),
+    ));
+    let authenticator = request_headers.authenticator();
+    tasks.spawn(configmap::watch(client.clone(), request_headers));
+    tasks.spawn(reload_certificate(
+        certificate,
+        config.tls_cert_file.clone(),
+        config.tls_private_key_file.clone(),
+    ));
+
+    let app = api::protect(
+        api::router(
+            source,
+            ApiOptions {
+                external_metrics: config.external_metrics,
+            },
+        ),
+        authenticator,
+        Arc::new(SubjectAccessReviewAuthorizer::new(
+            client,
+            ReviewCache::default(),
+        )),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    on_listening(addr);
+    let served = api::serve(listener, tls, app, shutdown).await;
+    tasks.abort_all();
+    served.map_err(Error::Serve)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Loads the certificate and key again whenever either file's modification time changes; a
+/// pair that does not load (e.g. caught between the two writes) is retried at the next check.
+async fn reload_certificate(certificate: ServingCertificate, cert: PathBuf, key: PathBuf) {
+    let mut loaded = (modified(&cert), modified(&key));
+    let mut ticker = tokio::time::interval(CERT_CHECK);
+    loop {
+        ticker.tick().await;
+        let now = (modified(&cert), modified(&key));
+        if now == loaded {
+            continue;
+        }
+        match certificate.replace_from_files(&cert, &key) {
+            Ok(()) => {
+                tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+                loaded = now;
+            }
+            Err(error) => tracing::warn!(%error, "serving certificate not reloaded"),
+        }
+    }
+}
