@@ -14,18 +14,18 @@ use std::{
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use podmeter_agent::{
-    agent::{Health, NodeState, Shared},
-    counters::{self, Deltas},
-    drain::Drain,
-    events,
+    books::latency::Durations,
+    books::rates::{RateWindow, Rates},
+    books::routes::{self, Routes},
+    books::traffic::Traffic,
+    connections::pairing::Flows,
+    events::decode as events,
+    events::drain::Drain,
+    exporters::metrics::{Metrics, health::AgentInfo},
     fast_map::FastMap,
-    flows::Flows,
-    latency::Durations,
-    metrics::{Metrics, health::AgentInfo},
-    pods::PodId,
-    rates::{RateWindow, Rates},
-    routes::{self, Routes},
-    traffic::Traffic,
+    identity::PodId,
+    kernel::counters::{self, Deltas},
+    run::{Health, NodeState, Shared},
 };
 use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, counter, event_kind, peer, role};
 use prometheus_client::registry::Registry;

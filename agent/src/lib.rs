@@ -1,42 +1,45 @@
-//! podmeter: counts every pod HTTP request exactly once in the kernel and serves per-pod rates.
+//! podmeter's node agent: counts every pod HTTP request exactly once in the kernel and serves
+//! per-pod rates, latency and health. The modules follow the data as it flows:
 //!
-//! The data path reads kernel -> events -> flows -> pod identity -> dedup -> totals -> api:
-//! [`ebpf`] loads and attaches the kernel programs; [`counters`] reads their exact per-cgroup
-//! counters; [`events`] decodes the per-request ring buffer records and [`flows`] pairs requests
-//! with responses, one ring buffer [`drain`] at a time; [`cgroups`] and [`pods`] say which pod a
-//! cgroup or address is; [`dedup`] holds the rule that makes each request count once; [`traffic`]
-//! keeps per-pod totals, [`rates`] their sliding-window rates, [`latency`] their request duration
-//! quantiles, [`routes`] the bounded route labels and [`metrics`] the Prometheus series; [`node`]
-//! keeps those in step; [`api`] serves them; [`agent`] runs it all, reading the ring buffer's fill
-//! ([`ring_fill`]) and the connection table's size ([`connection_table`]); [`fast_map`] is the
-//! hash map of the per-event path.
-//! [`hpa`] models the HorizontalPodAutoscaler's replica decisions for the metrics podmeter
-//! serves, and [`recommend`] applies it to live per-pod rates. [`metrics_api`] serves the
-//! Kubernetes custom and external metrics APIs (TLS, delegated authentication and authorisation);
-//! [`aggregator`] is the `podmeter metrics-api` process that feeds it from every node agent.
+//! ```text
+//!  kernel          cgroup_skb + sock_ops programs; exact per-(cgroup, role, peer) counters,
+//!    │             per-request events in a ring buffer              (agent-ebpf, agent-common)
+//!    ├─ counters ───────────────────────────────────────────────┐
+//!    └─ ring buffer ─► events ─► connections                    │
+//!                      decode    request/response pairing       │
+//!                                    │                          │
+//!                                    ▼                          ▼
+//!                      identity: which pod a cgroup is ─► attribution: the count-once rule
+//!                                                               │   (flow of a socket, pod)
+//!                                                               ▼
+//!                                         books: one book per pod (totals, rates, durations,
+//!                                                routes, series)
+//!                                                               │
+//!                                                               ▼
+//!                                         exporters: /v1/pods, /v1/agent, /metrics
+//! ```
+//!
+//! - [`kernel`] loads and attaches the programs, checks privileges and cgroup2, and reads the
+//!   exact counters, the ring buffer's fill and the connection table;
+//! - [`events`] decodes ring buffer records and drains the ring;
+//! - [`connections`] pairs each request with its response on its connection;
+//! - [`identity`] says which pod a cgroup is (Kubernetes API, identity file or directory names);
+//! - [`attribution`] holds the rule that makes each request count once, and books counts and
+//!   exchanges to pods;
+//! - [`books`] keeps what is known per pod: exact totals, windowed rates and durations, routes;
+//! - [`exporters`] serve them: the agent API, its authentication and the Prometheus families;
+//! - [`run`] wires it all and runs until told to stop.
 
-pub mod agent;
-pub mod api;
-pub mod api_auth;
-pub mod cgroups;
-pub mod connection_table;
-pub mod counters;
-pub mod dedup;
-pub mod drain;
-pub mod ebpf;
+pub mod attribution;
+pub mod books;
+pub mod connections;
 pub mod error;
 pub mod events;
+pub mod exporters;
 pub mod fast_map;
-pub mod flows;
+pub mod health;
 pub mod identity;
-pub mod latency;
-pub mod metrics;
-pub mod node;
-pub mod pods;
-pub mod preflight;
-pub mod rates;
-pub mod ring_fill;
-pub mod routes;
-pub mod traffic;
+pub mod kernel;
+pub mod run;
 
 pub use error::Error;

@@ -7,7 +7,10 @@ mod top;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use podmeter_agent::{agent, ebpf::MapSizes, identity::IdentityKind, rates::RateWindow, routes};
+use podmeter_agent::{
+    books::rates::RateWindow, books::routes, identity::IdentityKind, kernel::programs::MapSizes,
+    run,
+};
 
 #[derive(Parser)]
 #[command(
@@ -152,7 +155,7 @@ fn main() -> ExitCode {
             api_auth,
             kubeconfig,
         } => {
-            let config = agent::Config {
+            let config = run::Config {
                 cgroup_root,
                 listen,
                 metrics_listen,
@@ -174,9 +177,9 @@ fn main() -> ExitCode {
                 route_labels,
                 max_routes_per_pod: usize::from(max_routes_per_pod),
                 api_auth: match api_auth {
-                    ApiAuthFlag::None => podmeter_agent::api_auth::ApiAuth::None,
+                    ApiAuthFlag::None => podmeter_agent::exporters::api_auth::ApiAuth::None,
                     ApiAuthFlag::TokenReview => {
-                        podmeter_agent::api_auth::ApiAuth::TokenReview { kubeconfig }
+                        podmeter_agent::exporters::api_auth::ApiAuth::TokenReview { kubeconfig }
                     }
                 },
             };
@@ -196,12 +199,9 @@ fn main() -> ExitCode {
             spec,
             watch,
             output,
-        } => podmeter_hpa::recommend::command::run(
-            agent.trim_end_matches('/'),
-            &spec,
-            watch,
-            output,
-        ),
+        } => {
+            podmeter_hpa::recommend::command::run(agent.trim_end_matches('/'), &spec, watch, output)
+        }
         Command::MetricsApi(args) => {
             podmeter_metrics_api::aggregator::command::run_args(args, shutdown::signal())
                 .map_err(anyhow::Error::from)
@@ -216,13 +216,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_agent(config: agent::Config) -> anyhow::Result<()> {
+fn run_agent(config: run::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        agent::run(config, shutdown::signal(), |addr| {
+        run::run(config, shutdown::signal(), |addr| {
             // Scripts and tests wait for this line: the programs are attached and the API serves.
             println!("podmeter: listening on http://{addr}");
         })

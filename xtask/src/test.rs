@@ -133,11 +133,9 @@ pub fn test(lint_first: bool, extra: &[String]) -> anyhow::Result<()> {
         "about 2 min",
         || cargo(&["build", "--package", "podmeter", "--bin", "podmeter"]),
     )?;
-    steps.run(
-        "building the test binaries",
-        "about 3 min",
-        || cargo(&["test", "--no-run"]),
-    )?;
+    steps.run("building the test binaries", "about 3 min", || {
+        cargo(&["test", "--no-run"])
+    })?;
     let bin = target_dir().join("debug/podmeter");
     // SAFETY: single-threaded here; the child processes inherit it.
     unsafe {

@@ -3,6 +3,7 @@
 //! names ([`local`]). [`cgroup_path`] reads the pod UID out of the kubelet's cgroup names.
 
 pub mod cgroup_path;
+pub mod cgroups;
 pub mod kubernetes;
 pub mod local;
 

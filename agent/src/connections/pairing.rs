@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    events::{Common, Event, Method},
+    events::decode::{Common, Event, Method},
     fast_map::FastMap,
 };
 
@@ -125,7 +125,7 @@ fn exchange(open: Open, outcome: Outcome, latency: Option<Duration>) -> Exchange
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::RequestLine;
+    use crate::events::decode::RequestLine;
 
     fn common(cookie: u64, ts_ns: u64) -> Common {
         Common {

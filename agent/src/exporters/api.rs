@@ -14,13 +14,13 @@ use podmeter_common::stat;
 use serde::Serialize;
 
 use crate::{
-    agent::Shared,
-    dedup::Flow,
-    latency::DurationSummary,
-    metrics::exposition::{self, Format},
-    node::NodeState,
-    pods::{PodId, Workload},
-    traffic::{FlowTotals, Observed, PodTraffic},
+    attribution::flow::Flow,
+    books::latency::DurationSummary,
+    books::node::NodeState,
+    books::traffic::{FlowTotals, Observed, PodTraffic},
+    exporters::metrics::exposition::{self, Format},
+    identity::{PodId, Workload},
+    run::Shared,
 };
 
 /// Every route: JSON, `/metrics` and `/healthz`.

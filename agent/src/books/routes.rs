@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::{dedup::Flow, fast_map::FastMap, pods::PodId};
+use crate::{attribution::flow::Flow, fast_map::FastMap, identity::PodId};
 
 /// The route of everything over the cap, and of targets that are not paths.
 pub const OTHER: &str = "other";

@@ -19,30 +19,33 @@ type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-pub use crate::node::{Health, NodeState, Shared};
 use crate::{
     Error,
-    cgroups::CgroupIndex,
-    connection_table,
-    counters::{self, Deltas},
-    drain::Drain,
-    ebpf::{MapSizes, Probes},
-    fast_map::FastMap,
-    flows::Flows,
-    identity::{
-        Identity, IdentityKind, KubernetesIdentity, LocalIdentity, kubernetes::KubernetesError,
-    },
-    latency::Durations,
-    metrics::{
+    books::latency::Durations,
+    books::rates::{RateWindow, Rates},
+    books::routes::{self, Routes},
+    books::traffic::Traffic,
+    connections::pairing::Flows,
+    events::drain::Drain,
+    exporters::metrics::{
         Metrics,
         health::{self, AgentInfo},
     },
-    pods::PodId,
-    preflight,
-    rates::{RateWindow, Rates},
-    ring_fill::RingFill,
-    routes::{self, Routes},
-    traffic::Traffic,
+    fast_map::FastMap,
+    identity::PodId,
+    identity::cgroups::CgroupIndex,
+    identity::{
+        Identity, IdentityKind, KubernetesIdentity, LocalIdentity, kubernetes::KubernetesError,
+    },
+    kernel::connection_table,
+    kernel::counters::{self, Deltas},
+    kernel::preflight,
+    kernel::programs::{MapSizes, Probes},
+    kernel::ring_fill::RingFill,
+};
+pub use crate::{
+    books::node::{NodeState, Shared},
+    health::Health,
 };
 
 /// What the `podmeter_attach_info` metric and `/v1/agent` say about how the programs attach.
@@ -78,7 +81,7 @@ pub struct Config {
     /// Distinct routes per pod and direction before the rest go to `other`.
     pub max_routes_per_pod: usize,
     /// Authentication of the API's callers (`listen`; `metrics_listen` stays open).
-    pub api_auth: crate::api_auth::ApiAuth,
+    pub api_auth: crate::exporters::api_auth::ApiAuth,
 }
 
 impl Default for Config {
@@ -107,7 +110,7 @@ impl Default for Config {
             // 50 routes x 21 histogram series stays near a thousand series per pod and side.
             max_routes_per_pod: usize::from(routes::DEFAULT_CAP),
             // Loopback by default; a cluster install turns on TokenReview.
-            api_auth: crate::api_auth::ApiAuth::None,
+            api_auth: crate::exporters::api_auth::ApiAuth::None,
         }
     }
 }
@@ -210,19 +213,22 @@ pub async fn run(
     if let Some(metrics_addr) = config.metrics_listen {
         let listener = bind(metrics_addr).await?;
         let addr = listener.local_addr()?;
-        servers.push(tokio::spawn(crate::api::serve(
+        servers.push(tokio::spawn(crate::exporters::api::serve(
             listener,
-            crate::api::metrics_router(shared.clone()),
+            crate::exporters::api::metrics_router(shared.clone()),
             stopped(api_stopped.clone()),
         )));
         info!(%addr, "serving /metrics");
     }
-    let app = crate::api_auth::protect_api(crate::api::router(shared.clone()), &config.api_auth)
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let app = crate::exporters::api_auth::protect_api(
+        crate::exporters::api::router(shared.clone()),
+        &config.api_auth,
+    )
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    servers.push(tokio::spawn(crate::api::serve(
+    servers.push(tokio::spawn(crate::exporters::api::serve(
         listener,
         app,
         stopped(api_stopped.clone()),

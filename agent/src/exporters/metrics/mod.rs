@@ -18,7 +18,7 @@ use self::{
     health::{AgentInfo, HealthMetrics},
     http::{HttpFamilies, HttpMetrics, Side},
 };
-use crate::{dedup::Flow, pods::PodId};
+use crate::{attribution::flow::Flow, identity::PodId};
 
 /// Every family the agent exports, with the series of every pod.
 pub struct Metrics {
@@ -77,11 +77,11 @@ mod tests {
 
     use super::{exposition::Format, *};
     use crate::{
-        counters::Counts,
-        events::Method,
-        flows::{Exchange, Outcome},
-        node::Health,
-        routes::Route,
+        books::routes::Route,
+        connections::pairing::{Exchange, Outcome},
+        events::decode::Method,
+        health::Health,
+        kernel::counters::Counts,
     };
 
     fn info() -> AgentInfo {

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{dedup::Flow, pods::PodId};
+use crate::{attribution::flow::Flow, identity::PodId};
 /// The length of the sliding window, in whole seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow(u32);

@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use crate::{
-    dedup::{self, Flow},
-    events::{self, Event},
-    flows::{Exchange, Flows},
-    node::NodeState,
-    pods::PodId,
+    attribution::{self, flow::Flow},
+    books::node::NodeState,
+    connections::pairing::{Exchange, Flows},
+    events::{self, decode::Event},
+    identity::PodId,
 };
 
 /// Records read so far in this drain, and the exchanges they completed.
@@ -25,7 +25,7 @@ impl Drain {
     /// Decodes one ring record and pairs it with what `flows` holds.
     pub fn add(&mut self, record: &[u8], flows: &mut Flows) {
         self.received += 1;
-        let Some(event) = events::decode(record) else {
+        let Some(event) = events::decode::decode(record) else {
             self.malformed += 1;
             return;
         };
@@ -46,7 +46,7 @@ impl Drain {
             .exchanges
             .into_iter()
             .filter_map(|x| {
-                let flow = dedup::flow(x.role, x.peer)?;
+                let flow = attribution::flow::flow(x.role, x.peer)?;
                 Some((pod_of(x.cgroup_id), flow, x))
             })
             .collect();

@@ -10,11 +10,11 @@ use podmeter_common::status_class;
 use serde::Serialize;
 
 use crate::{
-    counters::Counts,
-    dedup::Flow,
+    attribution::flow::Flow,
+    connections::pairing::{Exchange, Outcome},
     fast_map::FastMap,
-    flows::{Exchange, Outcome},
-    pods::PodId,
+    identity::PodId,
+    kernel::counters::Counts,
 };
 
 /// Exchanges by how they ended.

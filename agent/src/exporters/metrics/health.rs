@@ -13,7 +13,7 @@ use super::labels::{
     AttachLabels, BuildLabels, KernelMap, MapLabels, ParseFailure, ParseFailureLabels, SkipLabels,
     SkipReason,
 };
-use crate::node::Health;
+use crate::health::Health;
 
 /// Buckets of the ring buffer fill ratio.
 pub const FILL_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0];

@@ -7,7 +7,7 @@ use prometheus_client::encoding::{
     EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
 };
 
-use crate::{events::Method, flows::Outcome, pods::PodId};
+use crate::{connections::pairing::Outcome, events::decode::Method, identity::PodId};
 
 /// `namespace`, `pod`: the pod a series belongs to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

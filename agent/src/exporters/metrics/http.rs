@@ -13,8 +13,8 @@ use super::labels::{
     DurationLabels, ObservedLabels, PodLabels, ResponseLabels, RouteLabel, StatusClass,
 };
 use crate::{
-    counters::Counts, events::Method, fast_map::FastMap, flows::Exchange, pods::PodId,
-    routes::Route,
+    books::routes::Route, connections::pairing::Exchange, events::decode::Method,
+    fast_map::FastMap, identity::PodId, kernel::counters::Counts,
 };
 
 /// Upper bounds of the request duration buckets, in seconds: 100 µs to 60 s in 1-2.5-5 steps,

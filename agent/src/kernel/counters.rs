@@ -10,11 +10,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use podmeter_common::{CountKey, counter, stat, status_class};
 
-use crate::{
-    Error,
-    dedup::{self, Flow},
-    pods::PodId,
-};
+use crate::{Error, attribution, attribution::flow::Flow, identity::PodId};
 
 /// The sockets one set of counters describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,7 +122,7 @@ pub fn by_pod(
     changed
         .into_iter()
         .filter_map(|(key, delta)| {
-            let flow = dedup::flow(key.role, key.peer)?;
+            let flow = attribution::flow::flow(key.role, key.peer)?;
             Some((pod_of(key.cgroup_id), flow, delta))
         })
         .collect()

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::{dedup::Flow, fast_map::FastMap, pods::PodId, rates::RateWindow};
+use crate::{
+    attribution::flow::Flow, books::rates::RateWindow, fast_map::FastMap, identity::PodId,
+};
 
 /// Buckets per power of two.
 const PER_OCTAVE: u32 = 32;
