@@ -27,6 +27,11 @@ fn main() -> anyhow::Result<()> {
     let ebpf = ebpf
         .to_str()
         .ok_or_else(|| anyhow!("non UTF-8 path {}", ebpf.display()))?;
+    // aya-build forwards every line the inner cargo prints to stderr as a `cargo::warning`, so
+    // its `Compiling ...` progress would reach users as a page of warnings. Quiet, the inner cargo
+    // prints only what the compiler says about the kernel crate (real warnings and errors).
+    // SAFETY: the build script is single-threaded here; the inner cargo inherits the variable.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "podmeter-ebpf",

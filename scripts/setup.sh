@@ -3,12 +3,18 @@
 # the pinned toolchain from rust-toolchain.toml, bpf-linker built against that toolchain's own LLVM,
 # and the Debian packages the tests and demo drive (nginx, hey, wrk, curl, prometheus, ...).
 # Each step checks first and does nothing when already done, so reruns take about a second.
+# It honours RUSTUP_HOME and CARGO_HOME, so a fresh machine can be tried on one that is not:
+#   RUSTUP_HOME=$(mktemp -d) CARGO_HOME=$(mktemp -d) PODMETER_K8S_CACHE=$(mktemp -d) \
+#   CARGO_TARGET_DIR=$(mktemp -d) ./run test
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
+started=$(date +%s)
+# Prints how long the step that began at $1 took.
+took() { log "  done in $(($(date +%s) - $1)) s"; }
 
 # Debian packages used by tests, the demo and the benchmarks.
 packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps musl-tools)
@@ -17,20 +23,24 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
+  step=$(date +%s)
+  log "installing Debian packages: ${missing[*]} (about 30 s)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The nginx package starts a system-wide server on :80; podmeter's tests run their own.
   if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then systemctl stop nginx || true; fi
+  took "$step"
 fi
 
 # The pinned toolchain (RUSTUP_AUTO_INSTALL=0 on our machines: nothing installs it implicitly).
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1 \
   || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "installing toolchain $toolchain"
+  step=$(date +%s)
+  log "installing toolchain $toolchain (about 20 s)"
   rustup toolchain install "$toolchain" --profile minimal --component rust-src,rustfmt,clippy >/dev/null
+  took "$step"
 fi
 
 # The static (musl) target of the container image's binary (`cargo xtask image`).
@@ -43,14 +53,17 @@ fi
 linker_version=0.13.0
 sysroot=$(rustup run "$toolchain" rustc --print sysroot)
 llvm_major=$(rustup run "$toolchain" rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-stamp="$HOME/.cargo/bin/.bpf-linker-$linker_version-$toolchain"
-if [ ! -x "$HOME/.cargo/bin/bpf-linker" ] || [ ! -f "$stamp" ]; then
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+stamp="$cargo_bin/.bpf-linker-$linker_version-$toolchain"
+if [ ! -x "$cargo_bin/bpf-linker" ] || [ ! -f "$stamp" ]; then
   llvm_lib=$(basename "$(ls "$sysroot"/lib/libLLVM-"$llvm_major"-*.so | head -n1)" .so)
   llvm_lib=${llvm_lib#lib}
+  step=$(date +%s)
   log "building bpf-linker $linker_version against $llvm_lib (about a minute)"
   RUSTFLAGS="-L $sysroot/lib -l dylib=$llvm_lib -C link-arg=-Wl,-rpath,$sysroot/lib" \
     rustup run "$toolchain" cargo install bpf-linker --locked --version "$linker_version" \
-    --no-default-features --features "llvm-$llvm_major,no-llvm-linking" --force >/dev/null
+    --no-default-features --features "llvm-$llvm_major,no-llvm-linking" --force --quiet >/dev/null
   touch "$stamp"
+  took "$step"
 fi
-log "ready: $(rustup run "$toolchain" rustc --version), bpf-linker $linker_version"
+log "ready in $(($(date +%s) - started)) s: $(rustup run "$toolchain" rustc --version), bpf-linker $linker_version"

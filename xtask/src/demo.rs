@@ -79,7 +79,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Always: cargo does nothing when the binary is current, and the demo must not run an agent
     // older than the sources. A binary named by PODMETER_BIN is the caller's.
     if std::env::var_os(podmeter_tests::agent::AGENT_BIN_ENV).is_none() {
-        crate::test::cargo(&["build", "--package", "podmeter", "--bin", "podmeter"])?;
+        crate::test::Steps::new(1).run(
+            "building the podmeter binary and its eBPF programs",
+            "about 3 min on 2 cores, then seconds",
+            || crate::test::cargo(&["build", "--package", "podmeter", "--bin", "podmeter"]),
+        )?;
     }
     let backend = |name: &str, target: f64| BackendSpec {
         name: name.to_owned(),
