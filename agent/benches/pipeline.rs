@@ -1,23 +1,21 @@
 //! The agent's userspace pipeline on one core, fed with synthetic but realistic ring records:
-//! event decode -> request/response pairing -> pod resolution and dedup -> totals and series
-//! (`drain_events` in `agent.rs`, minus the ring buffer read itself), and one counter read booked
-//! into totals, rates and gauges (`book_counts`).
+//! event decode -> request/response pairing -> attribution (pod and flow) -> each pod's book
+//! (`drain_events` in `run.rs`, minus the ring buffer read itself), and one counter read
+//! attributed and booked into the books' totals, rates and gauges (`book_counts`).
 //!
 //! `cargo xtask bench` runs these and reports the throughput of `pipeline/decode_pair_book` as the
 //! pipeline ceiling. Run alone: `cargo bench -p podmeter --bench pipeline`.
 
 use std::{
     hint::black_box,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use podmeter_agent::{
-    books::latency::Durations,
-    books::rates::{RateWindow, Rates},
-    books::routes::{self, Routes},
-    books::traffic::Traffic,
+    books::Books,
+    books::rates::RateWindow,
+    books::routes,
     connections::pairing::Flows,
     events::decode as events,
     events::drain::Drain,
@@ -68,10 +66,6 @@ fn base_event(kind: u32, connection: u64, ts_ns: u64) -> HttpEvent {
     let pod = connection % PODS;
     // One connection in eight is the client side of a same-node request; the rest are served.
     let client = connection % 8 == 7;
-    let mut local_addr = [0u8; 16];
-    local_addr[..4].copy_from_slice(&[10, 244, 1, 2 + pod as u8]);
-    let mut remote_addr = [0u8; 16];
-    remote_addr[..4].copy_from_slice(&[10, 244, 2, (connection % 250) as u8 + 2]);
     HttpEvent {
         ts_ns,
         cookie: 1_000_000 + connection,
@@ -81,21 +75,8 @@ fn base_event(kind: u32, connection: u64, ts_ns: u64) -> HttpEvent {
         peer: peer::REMOTE,
         status_class: 0,
         status: 0,
-        family: 2,
         head_len: 0,
-        local_addr,
-        remote_addr,
-        local_port: if client {
-            40_000 + connection as u16
-        } else {
-            8080
-        },
-        remote_port: if client {
-            8080
-        } else {
-            40_000 + connection as u16
-        },
-        seq: connection as u32 * 7919,
+        _reserved: 0,
         head: [0; HEAD_LEN],
     }
 }
@@ -148,16 +129,18 @@ fn node_state(route_labels: bool) -> Shared {
     let started = Instant::now();
     Shared::new(
         NodeState {
-            traffic: Traffic::default(),
-            rates: Rates::new(RateWindow::DEFAULT, started),
-            durations: Durations::new(RateWindow::DEFAULT, started),
-            routes: route_labels.then(|| Routes::new(usize::from(routes::DEFAULT_CAP))),
+            books: Books::new(
+                RateWindow::DEFAULT,
+                started,
+                route_labels.then_some(usize::from(routes::DEFAULT_CAP)),
+                metrics.http.clone(),
+            ),
             metrics,
             health: Health::default(),
             started,
-            cgroup_root: PathBuf::from("/sys/fs/cgroup/kubepods"),
         },
         registry,
+        true,
     )
 }
 

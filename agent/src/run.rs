@@ -12,7 +12,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use podmeter_common::{CountKey, names, stat};
+use podmeter_common::{CountKey, names};
 use prometheus_client::registry::Registry;
 
 type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
@@ -21,17 +21,14 @@ use tracing::{info, warn};
 
 use crate::{
     Error,
-    books::latency::Durations,
-    books::rates::{RateWindow, Rates},
-    books::routes::{self, Routes},
-    books::traffic::Traffic,
+    books::Books,
+    books::rates::RateWindow,
+    books::routes,
     connections::pairing::Flows,
     events::drain::Drain,
-    exporters::metrics::{
-        Metrics,
-        health::{self, AgentInfo},
-    },
+    exporters::metrics::{Metrics, health::AgentInfo},
     fast_map::FastMap,
+    health,
     identity::PodId,
     identity::cgroups::CgroupIndex,
     identity::{
@@ -187,21 +184,23 @@ pub async fn run(
     );
     let shared = Shared::new(
         NodeState {
-            traffic: Traffic::default(),
-            rates: Rates::new(config.rate_window, attached),
-            durations: Durations::new(config.rate_window, attached),
-            routes: config
-                .route_labels
-                .then(|| Routes::new(config.max_routes_per_pod)),
+            books: Books::new(
+                config.rate_window,
+                attached,
+                config.route_labels.then_some(config.max_routes_per_pod),
+                metrics.http.clone(),
+            ),
             metrics,
-            health: Health {
-                ring_capacity_bytes: u64::from(config.map_sizes.ring_bytes),
-                ..Health::default()
-            },
+            health: health::attached(
+                &root,
+                u64::from(config.map_sizes.ring_bytes),
+                config.rate_window.secs(),
+                config.route_labels,
+            ),
             started: attached,
-            cgroup_root: root.clone(),
         },
         registry,
+        fill.is_some(),
     );
     count_connections(&programs, &config.map_sizes, &shared);
 
@@ -368,7 +367,7 @@ fn book_counts(
     let booked = counters::by_pod(deltas.update(&current), |cgroup_id| resolver.pod(cgroup_id));
     let mut state = shared.lock();
     state.book_counts(now, &booked);
-    state.health.kernel = kernel;
+    state.health.kernel = health::kernel_reply(&kernel);
     state.health.counter_entries = current.len() as u64;
     Ok(())
 }
@@ -397,10 +396,10 @@ fn drain_events(
 
 /// Counts the kernel's connection table and derives how many connections it evicted.
 fn count_connections(programs: &Ebpf, sizes: &MapSizes, shared: &Shared) {
-    let Some(aya::maps::Map::LruHashMap(table)) = programs.map(names::CONNECTIONS) else {
+    let Some(table) = programs.map(names::CONNECTIONS) else {
         return;
     };
-    let tracked = match connection_table::count_keys(table.fd().as_fd(), sizes.connections) {
+    let tracked = match connection_table::count(table, sizes.connections) {
         Ok(n) => n,
         Err(e) => {
             warn!(error = %e, "counting the connection table failed");
@@ -412,8 +411,8 @@ fn count_connections(programs: &Ebpf, sizes: &MapSizes, shared: &Shared) {
     h.connections_tracked = tracked;
     h.connections_evicted = health::evicted(
         h.connections_evicted,
-        h.kernel.get(stat::CONNECTIONS_OPENED),
-        h.kernel.get(stat::CONNECTIONS_CLOSED),
+        h.kernel.connections_opened,
+        h.kernel.connections_closed,
         tracked,
     );
 }

@@ -15,11 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+/// Quantiles of the durations in a window, as `/v1/pods` serves them.
+pub use podmeter_wire::DurationSummary;
 
-use crate::{
-    attribution::flow::Flow, books::rates::RateWindow, fast_map::FastMap, identity::PodId,
-};
+use crate::{attribution::flow::Flow, books::rates::RateWindow};
 
 /// Buckets per power of two.
 const PER_OCTAVE: u32 = 32;
@@ -56,17 +55,6 @@ pub struct DurationWindow {
     total: Box<[u32]>,
     count: u64,
     newest: u64,
-}
-
-/// Quantiles of the durations in a window.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct DurationSummary {
-    /// Paired exchanges in the window.
-    pub exchanges: u64,
-    pub p50_seconds: f64,
-    pub p90_seconds: f64,
-    pub p95_seconds: f64,
-    pub p99_seconds: f64,
 }
 
 impl DurationWindow {
@@ -144,64 +132,47 @@ impl DurationWindow {
     }
 }
 
-type FlowWindows = [Option<DurationWindow>; Flow::COUNT];
-
-/// The duration windows of every pod's flows, on a clock of whole seconds since `origin`.
-pub struct Durations {
+/// The clock every pod's windows share: whole seconds since `origin`, and the window length.
+#[derive(Clone, Copy, Debug)]
+pub struct DurationClock {
     window: RateWindow,
     origin: Instant,
-    pods: FastMap<PodId, FlowWindows>,
 }
 
-impl Durations {
+impl DurationClock {
     pub fn new(window: RateWindow, origin: Instant) -> Self {
-        Self {
-            window,
-            origin,
-            pods: FastMap::default(),
-        }
+        Self { window, origin }
     }
 
-    fn second(&self, now: Instant) -> u64 {
+    /// The second `now` falls in.
+    pub fn second(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_secs()
     }
+}
 
-    /// Adds a pod's exchange duration, read at `now`.
-    pub fn observe(&mut self, now: Instant, pod: &PodId, flow: Flow, duration: Duration) {
-        let second = self.second(now);
-        let window = self.window;
-        let observe = |windows: &mut FlowWindows| {
-            windows[flow.index()]
-                .get_or_insert_with(|| DurationWindow::new(window))
-                .observe(second, duration);
-        };
-        // Once per exchange: one lookup, and the pod's name cloned only the first time.
-        if let Some(windows) = self.pods.get_mut(pod) {
-            observe(windows);
-            return;
-        }
-        observe(self.pods.entry(pod.clone()).or_default());
+/// The duration windows of one pod's flows, each from its first duration.
+#[derive(Clone, Debug, Default)]
+pub struct FlowWindows([Option<DurationWindow>; Flow::COUNT]);
+
+impl FlowWindows {
+    /// Adds an exchange duration of a flow, read at `now`.
+    pub fn observe(&mut self, clock: &DurationClock, now: Instant, flow: Flow, duration: Duration) {
+        self.0[flow.index()]
+            .get_or_insert_with(|| DurationWindow::new(clock.window))
+            .observe(clock.second(now), duration);
     }
 
-    /// Moves every window to `now`, so that durations older than the window leave it even
+    /// Moves every window to `second`, so that durations older than the window leave it even
     /// when nothing new comes.
-    pub fn advance(&mut self, now: Instant) {
-        let second = self.second(now);
-        for windows in self.pods.values_mut() {
-            for w in windows.iter_mut().flatten() {
-                w.advance(second);
-            }
+    pub fn advance(&mut self, second: u64) {
+        for w in self.0.iter_mut().flatten() {
+            w.advance(second);
         }
     }
 
-    /// The quantiles of a pod's flow; `None` without exchanges in the window.
-    pub fn summary(&self, pod: &PodId, flow: Flow) -> Option<DurationSummary> {
-        self.pods.get(pod)?[flow.index()].as_ref()?.summary()
-    }
-
-    /// Forgets a pod's windows.
-    pub fn remove(&mut self, pod: &PodId) {
-        self.pods.remove(pod);
+    /// The quantiles of a flow; `None` without exchanges in the window.
+    pub fn summary(&self, flow: Flow) -> Option<DurationSummary> {
+        self.0[flow.index()].as_ref()?.summary()
     }
 }
 
@@ -327,21 +298,19 @@ mod tests {
     #[test]
     fn durations_per_pod_and_flow_are_kept_apart_and_forgotten_with_the_pod() {
         let origin = Instant::now();
-        let mut d = Durations::new(RateWindow::DEFAULT, origin);
-        let a = PodId::new("default", "a");
-        let b = PodId::new("default", "b");
-        d.observe(origin, &a, Flow::Inbound, ms(3));
-        d.observe(origin, &a, Flow::Outbound, ms(30));
-        d.observe(origin, &b, Flow::Inbound, ms(300));
-        let p95 = |pod, flow| d.summary(pod, flow).map(|s| s.p95_seconds);
+        let clock = DurationClock::new(RateWindow::DEFAULT, origin);
+        let (mut a, mut b) = (FlowWindows::default(), FlowWindows::default());
+        a.observe(&clock, origin, Flow::Inbound, ms(3));
+        a.observe(&clock, origin, Flow::Outbound, ms(30));
+        b.observe(&clock, origin, Flow::Inbound, ms(300));
+        let p95 = |pod: &FlowWindows, flow| pod.summary(flow).map(|s| s.p95_seconds);
         assert!(near(p95(&a, Flow::Inbound).expect("a in"), ms(3)));
         assert!(near(p95(&a, Flow::Outbound).expect("a out"), ms(30)));
         assert!(near(p95(&b, Flow::Inbound).expect("b in"), ms(300)));
-        assert_eq!(d.summary(&b, Flow::Outbound), None);
+        assert_eq!(b.summary(Flow::Outbound), None);
         // The window passes: nothing is left.
-        d.advance(origin + Duration::from_secs(31));
-        assert_eq!(d.summary(&a, Flow::Inbound), None);
-        d.remove(&a);
-        assert!(!d.pods.contains_key(&a));
+        a.advance(clock.second(origin + Duration::from_secs(31)));
+        assert_eq!(a.summary(Flow::Inbound), None);
+        // Forgetting the pod with its book is `Books::remove` (tested in `books`).
     }
 }

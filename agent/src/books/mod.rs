@@ -1,9 +1,391 @@
-//! What the agent keeps per pod: [`traffic`] exact totals and what events tell, [`rates`]
-//! windowed request rates, [`latency`] windowed request durations, [`routes`] bounded route
-//! labels, and [`node`] the node's state that keeps them in step.
+//! What the agent keeps per pod, in one book per pod ([`Books`], [`PodBook`]): [`traffic`] exact
+//! totals and what events tell, [`rates`] windowed request rates, [`latency`] windowed request
+//! durations, [`routes`] bounded route labels, and the pod's metric series; [`node`] the node's
+//! state around the books.
+//!
+//! A pod's parts live in one book so that a booking finds them with one lookup and a pod that
+//! leaves leaves all of them at once. What pods share stays with the books: the rate clock and its
+//! kept reads, the window, the route cap, the metric families and the sockets of no pod.
 
 pub mod latency;
 pub mod node;
 pub mod rates;
 pub mod routes;
 pub mod traffic;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use self::{
+    latency::{DurationClock, DurationSummary, FlowWindows},
+    rates::{FlowRates, RateClock, RateWindow},
+    routes::{PodRoutes, RouteCap},
+    traffic::PodTraffic,
+};
+use crate::{
+    attribution::flow::Flow,
+    connections::pairing::Exchange,
+    exporters::metrics::http::{HttpMetrics, PodSeries, Side},
+    fast_map::FastMap,
+    identity::PodId,
+    kernel::counters::Counts,
+};
+
+/// Everything kept about one pod.
+#[derive(Default)]
+pub struct PodBook {
+    traffic: PodTraffic,
+    /// Since when none of the pod's cgroups exists; `None` while it lives.
+    gone_since: Option<Instant>,
+    rates: FlowRates,
+    durations: FlowWindows,
+    /// Empty when route labels are off.
+    routes: PodRoutes,
+    /// The pod's series on each side (by [`Side::index`]), from its first booking there.
+    series: [Option<PodSeries>; 2],
+}
+
+impl PodBook {
+    /// Exact totals and what the paired events tell.
+    pub fn traffic(&self) -> &PodTraffic {
+        &self.traffic
+    }
+
+    /// The quantiles of a flow's request durations over the window; `None` without exchanges
+    /// in it.
+    pub fn duration(&self, flow: Flow) -> Option<DurationSummary> {
+        self.durations.summary(flow)
+    }
+
+    /// Distinct routes (without `other`) the pod has in a flow's direction.
+    pub fn routes(&self, flow: Flow) -> usize {
+        self.routes.len(flow)
+    }
+}
+
+/// The book of `pod`, opened at its first booking: one lookup per booking, and the pod's name
+/// cloned only the first time. A booking means the pod lives.
+fn with_book<R>(
+    pods: &mut FastMap<PodId, PodBook>,
+    pod: &PodId,
+    f: impl FnOnce(&mut PodBook) -> R,
+) -> R {
+    if let Some(book) = pods.get_mut(pod) {
+        book.gone_since = None;
+        return f(book);
+    }
+    f(pods.entry(pod.clone()).or_default())
+}
+
+/// One book per pod on this node, plus what they share.
+pub struct Books {
+    pods: FastMap<PodId, PodBook>,
+    /// Sockets in the attached tree that belong to no pod (e.g. processes in the root cgroup).
+    unattributed: PodTraffic,
+    unattributed_rates: FlowRates,
+    rate_clock: RateClock,
+    duration_clock: DurationClock,
+    /// `None` when route labels are off.
+    route_cap: Option<RouteCap>,
+    http: HttpMetrics,
+}
+
+impl Books {
+    /// `origin` is when the kernel counters started from zero (the programs were attached);
+    /// `route_cap` is `None` when route labels are off; `http` are the families the pods' series
+    /// are created in.
+    pub fn new(
+        window: RateWindow,
+        origin: Instant,
+        route_cap: Option<usize>,
+        http: HttpMetrics,
+    ) -> Self {
+        Self {
+            pods: FastMap::default(),
+            unattributed: PodTraffic::default(),
+            unattributed_rates: FlowRates::default(),
+            rate_clock: RateClock::new(window, origin),
+            duration_clock: DurationClock::new(window, origin),
+            route_cap: route_cap.map(RouteCap::new),
+            http,
+        }
+    }
+
+    /// Books one read of the kernel counters, taken at `now`, into totals, rates and series, and
+    /// sets every pod's rate gauges.
+    pub fn book_counts(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Counts)]) {
+        for (pod, flow, delta) in booked {
+            let Some(pod) = pod else {
+                self.unattributed.add_counts(*flow, delta);
+                self.unattributed_rates
+                    .add(&self.rate_clock, *flow, delta.requests);
+                continue;
+            };
+            with_book(&mut self.pods, pod, |book| {
+                book.traffic.add_counts(*flow, delta);
+                book.rates.add(&self.rate_clock, *flow, delta.requests);
+                if let Some(side) = Side::of(*flow) {
+                    let families = self.http.side(side);
+                    book.series[side.index()]
+                        .get_or_insert_with(|| PodSeries::new(families, pod))
+                        .add_counts(families, delta);
+                }
+            });
+        }
+        let second = self.duration_clock.second(now);
+        let step = self.rate_clock.read(now);
+        self.unattributed_rates.apply(step);
+        for book in self.pods.values_mut() {
+            book.durations.advance(second);
+            book.rates.apply(step);
+        }
+        // Pods of one name share their series (a StatefulSet's pod created again while the old
+        // one's numbers are kept): their gauge is the sum, not whichever is set last.
+        let counted = || self.pods.iter().filter(|(_, book)| !book.rates.is_empty());
+        let mut by_name: HashMap<(&str, &str), [f64; 2]> = HashMap::new();
+        for (pod, book) in counted() {
+            let sum = by_name.entry((&pod.namespace, &pod.name)).or_default();
+            sum[0] += book.rates.rate(&self.rate_clock, Flow::Inbound);
+            sum[1] += book.rates.rate(&self.rate_clock, Flow::Outbound);
+        }
+        for (pod, book) in counted() {
+            let rates = by_name[&(pod.namespace.as_str(), pod.name.as_str())];
+            for (series, rate) in book.series.iter().zip(rates) {
+                if let Some(series) = series {
+                    series.set_rate(rate);
+                }
+            }
+        }
+    }
+
+    /// Books paired exchanges read at `now` into totals, durations, routes and series.
+    pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
+        for (pod, flow, exchange) in booked {
+            let Some(pod) = pod else {
+                self.unattributed.add_exchange(*flow, exchange);
+                continue;
+            };
+            with_book(&mut self.pods, pod, |book| {
+                book.traffic.add_exchange(*flow, exchange);
+                if let Some(latency) = exchange.latency {
+                    book.durations
+                        .observe(&self.duration_clock, now, *flow, latency);
+                }
+                let Some(side) = Side::of(*flow) else {
+                    return;
+                };
+                let route = self
+                    .route_cap
+                    .as_mut()
+                    .map(|cap| book.routes.route(cap, *flow, exchange.target.as_deref()));
+                let families = self.http.side(side);
+                book.series[side.index()]
+                    .get_or_insert_with(|| PodSeries::new(families, pod))
+                    .observe(families, exchange, route);
+            });
+        }
+    }
+
+    /// Marks which pods still have a cgroup, and removes the books of pods gone for longer than
+    /// `grace`. Returns the removed pods.
+    pub fn sweep(
+        &mut self,
+        alive: impl Fn(&PodId) -> bool,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<PodId> {
+        let mut gone = Vec::new();
+        for (pod, book) in &mut self.pods {
+            if alive(pod) {
+                book.gone_since = None;
+                continue;
+            }
+            let since = *book.gone_since.get_or_insert(now);
+            if now.duration_since(since) >= grace {
+                gone.push(pod.clone());
+            }
+        }
+        for pod in &gone {
+            self.remove(pod);
+        }
+        gone
+    }
+
+    /// Forgets a pod's book and removes its series from the families. Series carry only
+    /// namespace and name, so a pod of the same name and another UID (a StatefulSet's pod created
+    /// again) holds the same ones: its handles go too, and its series start afresh at its next
+    /// booking instead of counting into series no longer exported.
+    pub fn remove(&mut self, pod: &PodId) -> bool {
+        let Some(book) = self.pods.remove(pod) else {
+            return false;
+        };
+        for (side, series) in Side::ALL.into_iter().zip(book.series) {
+            let Some(series) = series else {
+                continue;
+            };
+            for other in self.pods.values_mut() {
+                let shared = &mut other.series[side.index()];
+                if shared
+                    .as_ref()
+                    .is_some_and(|s| s.shares_series_with(&series))
+                {
+                    *shared = None;
+                }
+            }
+            series.remove_from(self.http.side(side));
+        }
+        true
+    }
+
+    /// Every pod's book.
+    pub fn pods(&self) -> impl Iterator<Item = (&PodId, &PodBook)> {
+        self.pods.iter()
+    }
+
+    pub fn get(&self, pod: &PodId) -> Option<&PodBook> {
+        self.pods.get(pod)
+    }
+
+    /// Totals of the sockets of no pod.
+    pub fn unattributed(&self) -> &PodTraffic {
+        &self.unattributed
+    }
+
+    /// Requests per second of a pod's flow at the latest counter read.
+    pub fn rate_of(&self, book: &PodBook, flow: Flow) -> f64 {
+        book.rates.rate(&self.rate_clock, flow)
+    }
+
+    /// Requests per second of a pod's flow (`None`: sockets of no pod) at the latest counter read;
+    /// 0 for a pod without a book.
+    pub fn rate(&self, pod: Option<&PodId>, flow: Flow) -> f64 {
+        let rates = match pod {
+            Some(pod) => self.pods.get(pod).map(|book| &book.rates),
+            None => Some(&self.unattributed_rates),
+        };
+        rates.map_or(0.0, |r| r.rate(&self.rate_clock, flow))
+    }
+
+    /// The length of the window behind every rate and duration.
+    pub fn window(&self) -> RateWindow {
+        self.rate_clock.window()
+    }
+
+    /// Whether requests get route labels.
+    pub fn route_labels(&self) -> bool {
+        self.route_cap.is_some()
+    }
+
+    /// Requests whose route was folded into `other` because their pod was at its cap.
+    pub fn routes_folded(&self) -> u64 {
+        self.route_cap.as_ref().map_or(0, RouteCap::folded)
+    }
+
+    /// Pods with series on either side.
+    pub fn pods_with_series(&self) -> usize {
+        // A pod usually serves or sends, rarely both: count the larger side, not the sum.
+        Side::ALL
+            .map(|side| {
+                self.pods
+                    .values()
+                    .filter(|book| book.series[side.index()].is_some())
+                    .count()
+            })
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::exporters::metrics::{Metrics, health::AgentInfo};
+
+    fn books() -> Books {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(
+            &mut registry,
+            &AgentInfo {
+                version: "test".to_owned(),
+                programs: "p".to_owned(),
+                link: "l".to_owned(),
+                cgroup_root: "/r".to_owned(),
+                rate_window_secs: 30,
+                ring_capacity_bytes: 4096,
+                ring_positions: false,
+            },
+        );
+        Books::new(RateWindow::DEFAULT, Instant::now(), Some(5), metrics.http)
+    }
+
+    fn delta(requests: u64, ok: u64) -> Counts {
+        let mut c = Counts {
+            requests,
+            ..Counts::default()
+        };
+        c.responses[2] = ok;
+        c
+    }
+
+    fn serve(b: &mut Books, pod: &PodId) {
+        b.book_counts(
+            Instant::now(),
+            &[(Some(pod.clone()), Flow::Inbound, delta(1, 1))],
+        );
+    }
+
+    #[test]
+    fn gone_pods_leave_after_the_grace_period() {
+        let mut b = books();
+        let web = PodId::new("default", "web");
+        serve(&mut b, &web);
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(60);
+        assert!(b.sweep(|_| false, t0, grace).is_empty());
+        assert!(
+            b.sweep(|_| false, t0 + Duration::from_secs(59), grace)
+                .is_empty()
+        );
+        assert_eq!(
+            b.sweep(|_| false, t0 + Duration::from_secs(60), grace),
+            vec![web.clone()]
+        );
+        assert!(b.get(&web).is_none());
+        assert_eq!(b.pods_with_series(), 0);
+    }
+
+    #[test]
+    fn a_pod_that_comes_back_is_kept() {
+        let mut b = books();
+        let web = PodId::new("default", "web");
+        serve(&mut b, &web);
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        b.sweep(|_| false, t0, grace);
+        b.sweep(|_| true, t0 + Duration::from_secs(5), grace);
+        assert!(
+            b.sweep(|_| false, t0 + Duration::from_secs(12), grace)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_removed_pod_leaves_its_windows_and_series_and_others_keep_theirs() {
+        let mut b = books();
+        let (web, db) = (PodId::new("shop", "web"), PodId::new("shop", "db"));
+        serve(&mut b, &web);
+        serve(&mut b, &db);
+        assert_eq!(b.pods_with_series(), 2);
+        assert!(b.remove(&web));
+        assert!(!b.remove(&web));
+        assert!(b.get(&web).is_none());
+        assert_eq!(b.rate(Some(&web), Flow::Inbound), 0.0);
+        assert!(b.rate(Some(&db), Flow::Inbound) > 0.0);
+        assert_eq!(b.pods_with_series(), 1);
+    }
+}

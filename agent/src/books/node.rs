@@ -1,114 +1,71 @@
-//! The node's state as the API serves it: per-pod totals, rates, route labels and metric series,
-//! kept in step: every read is booked into all of them, and a pod that leaves leaves all of them
-//! at the same moment.
+//! The node's state as the API serves it: the pods' books, the agent's health and its families,
+//! behind the one lock the data path and the API share.
 
 use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use prometheus_client::registry::Registry;
 
 use crate::{
-    attribution::flow::Flow, books::latency::Durations, books::rates::Rates, books::routes::Routes,
-    books::traffic::Traffic, connections::pairing::Exchange, exporters::metrics::Metrics,
-    health::Health, identity::PodId, kernel::counters::Counts,
+    attribution::flow::Flow,
+    books::Books,
+    connections::pairing::Exchange,
+    exporters::metrics::{
+        Metrics,
+        health::{HealthCollector, HealthReading},
+    },
+    health::Health,
+    identity::PodId,
+    kernel::counters::Counts,
 };
 
 /// Everything the API reads.
 pub struct NodeState {
-    pub traffic: Traffic,
-    pub rates: Rates,
-    /// Request duration quantiles over the rate window.
-    pub durations: Durations,
-    /// `None` when route labels are off.
-    pub routes: Option<Routes>,
+    /// One book per pod: totals, rates, durations, routes and series.
+    pub books: Books,
+    /// Every family; the books hold the HTTP ones too, to create and remove pods' series.
     pub metrics: Metrics,
+    /// The agent's own health; `uptime_seconds` and `routes_folded` are filled when read.
     pub health: Health,
     pub started: Instant,
-    pub cgroup_root: PathBuf,
 }
 
 impl NodeState {
     /// Books one read of the kernel counters, taken at `now`, into totals, rates and series, and
     /// sets every pod's rate gauges.
     pub fn book_counts(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Counts)]) {
-        for (pod, flow, delta) in booked {
-            self.traffic.add_counts(pod.as_ref(), *flow, delta);
-            if let (Some(pod), Some(side)) = (pod, self.metrics.side(*flow)) {
-                side.add_counts(pod, delta);
-            }
-        }
-        self.durations.advance(now);
-        self.rates.book(
-            now,
-            booked
-                .iter()
-                .map(|(pod, flow, delta)| (pod.as_ref(), *flow, delta.requests)),
-        );
-        // Pods of one name share their series (a StatefulSet's pod created again while the old
-        // one's numbers are kept): their gauge is the sum, not whichever is set last.
-        let mut by_name: HashMap<(&str, &str), [f64; 2]> = HashMap::new();
-        for pod in self.rates.pods() {
-            let sum = by_name.entry((&pod.namespace, &pod.name)).or_default();
-            sum[0] += self.rates.rate(Some(pod), Flow::Inbound);
-            sum[1] += self.rates.rate(Some(pod), Flow::Outbound);
-        }
-        for pod in self.rates.pods() {
-            let [inbound, outbound] = by_name[&(pod.namespace.as_str(), pod.name.as_str())];
-            self.metrics.server.set_rate(pod, inbound);
-            self.metrics.client.set_rate(pod, outbound);
-        }
+        self.books.book_counts(now, booked);
     }
 
     /// Books paired exchanges into totals and series.
     pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
-        for (pod, flow, exchange) in booked {
-            self.traffic.add_exchange(pod.as_ref(), *flow, exchange);
-            if let (Some(pod), Some(latency)) = (pod, exchange.latency) {
-                self.durations.observe(now, pod, *flow, latency);
-            }
-            let (Some(pod), Some(side)) = (pod, self.metrics.side(*flow)) else {
-                continue;
-            };
-            let route = self
-                .routes
-                .as_mut()
-                .map(|r| r.route(pod, *flow, exchange.target.as_deref()));
-            side.observe(pod, exchange, route);
-        }
+        self.books.book_exchanges(now, booked);
     }
 
-    /// Marks which pods still have a cgroup; pods gone for longer than `grace` are removed from
-    /// totals, rates, routes and metric families at once. Returns the removed pods.
+    /// Marks which pods still have a cgroup; pods gone for longer than `grace` leave their book
+    /// (totals, rates, durations, routes and series) at once. Returns the removed pods.
     pub fn sweep(
         &mut self,
         alive: impl Fn(&PodId) -> bool,
         now: Instant,
         grace: Duration,
     ) -> Vec<PodId> {
-        let removed = self.traffic.sweep(alive, now, grace);
-        for pod in &removed {
-            self.rates.remove(pod);
-            self.durations.remove(pod);
-            if let Some(routes) = self.routes.as_mut() {
-                routes.remove(pod);
-            }
-            // Also drops the series a same-named successor shares (see `HttpMetrics::remove`).
-            self.metrics.remove(pod);
-        }
+        let removed = self.books.sweep(alive, now, grace);
         self.health.pods_removed += removed.len() as u64;
         removed
     }
 
-    /// Copies the health readings into the health families (before a scrape).
-    pub fn refresh_health_metrics(&self) {
-        let folded = self.routes.as_ref().map_or(0, |r| r.folded);
-        self.metrics
-            .health
-            .update(&self.health, self.metrics.pods(), folded);
+    /// The health readings as `/v1/agent` and the health families give them.
+    pub fn health_reading(&self) -> HealthReading {
+        let mut health = self.health.clone();
+        health.uptime_seconds = self.started.elapsed().as_secs_f64();
+        health.routes_folded = self.books.routes_folded();
+        HealthReading {
+            health,
+            pods: self.books.pods_with_series() as u64,
+        }
     }
 }
 
@@ -121,18 +78,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(state: NodeState, registry: Registry) -> Self {
+    /// Shares `state`, and registers the health families that read it at each scrape.
+    pub fn new(state: NodeState, mut registry: Registry, ring_positions: bool) -> Self {
+        let state = Arc::new(Mutex::new(state));
+        let weak = Arc::downgrade(&state);
+        registry
+            .sub_registry_with_prefix("podmeter")
+            .register_collector(Box::new(HealthCollector::new(
+                move || {
+                    let state = weak.upgrade()?;
+                    let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    Some(state.health_reading())
+                },
+                ring_positions,
+            )));
         Self {
-            state: Arc::new(Mutex::new(state)),
+            state,
             registry: Arc::new(registry),
         }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, NodeState> {
         // A panic while holding the lock leaves consistent-enough counters; keep serving them.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -153,7 +121,7 @@ mod tests {
         },
     };
 
-    fn state(routes: Option<Routes>) -> (NodeState, Registry, Instant) {
+    fn state(route_cap: Option<usize>) -> (NodeState, Registry, Instant) {
         let mut registry = Registry::default();
         let metrics = Metrics::register(
             &mut registry,
@@ -168,15 +136,12 @@ mod tests {
             },
         );
         let t0 = Instant::now();
+        let window = RateWindow::try_from(10).expect("valid");
         let state = NodeState {
-            traffic: Traffic::default(),
-            rates: Rates::new(RateWindow::try_from(10).expect("valid"), t0),
-            durations: Durations::new(RateWindow::try_from(10).expect("valid"), t0),
-            routes,
+            books: Books::new(window, t0, route_cap, metrics.http.clone()),
             metrics,
             health: Health::default(),
             started: t0,
-            cgroup_root: PathBuf::from("/r"),
         };
         (state, registry, t0)
     }
@@ -199,7 +164,6 @@ mod tests {
             target: Some(target.to_owned()),
             outcome: Outcome::Status(200),
             latency: Some(Duration::from_millis(3)),
-            remote: None,
         }
     }
 
@@ -217,7 +181,7 @@ mod tests {
                 &[(Some(web.clone()), Flow::Inbound, served(5))],
             );
         }
-        let rate = s.rates.rate(Some(&web), Flow::Inbound);
+        let rate = s.books.rate(Some(&web), Flow::Inbound);
         assert!((rate - 20.0).abs() < 1e-9, "{rate}");
         let text = scrape(&registry);
         assert!(
@@ -229,12 +193,15 @@ mod tests {
         assert!(text.contains(
             "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 300\n"
         ));
-        assert_eq!(s.traffic.get(&web).map(|t| t.inbound.requests), Some(300));
+        assert_eq!(
+            s.books.get(&web).map(|b| b.traffic().inbound.requests),
+            Some(300)
+        );
     }
 
     #[test]
     fn a_removed_pod_leaves_every_structure_at_once() {
-        let (mut s, registry, t0) = state(Some(Routes::new(5)));
+        let (mut s, registry, t0) = state(Some(5));
         let web = PodId::new("shop", "web");
         let db = PodId::new("shop", "db");
         s.book_counts(
@@ -263,15 +230,21 @@ mod tests {
         let text = scrape(&registry);
         assert!(!text.contains("pod=\"web\""), "{text}");
         assert!(text.contains("pod=\"db\""));
-        assert!(s.traffic.get(&web).is_none());
-        assert_eq!(s.rates.pods().collect::<Vec<_>>(), vec![&db]);
+        assert!(s.books.get(&web).is_none());
         assert_eq!(
-            s.routes.as_ref().map(|r| r.len(&web, Flow::Inbound)),
-            Some(0)
+            s.books.pods().map(|(p, _)| p).collect::<Vec<_>>(),
+            vec![&db]
         );
+        assert_eq!(s.books.rate(Some(&web), Flow::Inbound), 0.0);
+        assert!(s.books.route_labels());
+        assert_eq!(s.books.get(&web).map_or(0, |b| b.routes(Flow::Inbound)), 0);
+        assert_eq!(s.books.get(&db).map(|b| b.routes(Flow::Inbound)), Some(1));
         assert_eq!(s.health.pods_removed, 1);
-        s.refresh_health_metrics();
-        assert!(scrape(&registry).contains("podmeter_pods_removed_total 1\n"));
+        // The health families read the shared state at each scrape.
+        let shared = Shared::new(s, registry, false);
+        let text = scrape(shared.registry());
+        assert!(text.contains("podmeter_pods_removed_total 1\n"), "{text}");
+        assert!(text.contains("podmeter_pods 1\n"), "{text}");
     }
 
     #[test]
@@ -290,7 +263,10 @@ mod tests {
             t0 + Duration::from_secs(2),
             &[(Some(new.clone()), Flow::Inbound, served(2))],
         );
-        assert_eq!(s.traffic.get(&new).map(|t| t.inbound.requests), Some(2));
+        assert_eq!(
+            s.books.get(&new).map(|b| b.traffic().inbound.requests),
+            Some(2)
+        );
         let alive = |p: &PodId| p == &new;
         let grace = Duration::from_secs(60);
         assert!(
@@ -310,7 +286,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(s.traffic.get(&new).map(|t| t.inbound.requests), Some(3));
+        assert_eq!(
+            s.books.get(&new).map(|b| b.traffic().inbound.requests),
+            Some(3)
+        );
     }
 
     #[test]
@@ -329,7 +308,7 @@ mod tests {
             !text.contains("podmeter_http_server_requests_total{"),
             "{text}"
         );
-        assert_eq!(s.traffic.unattributed.inbound.requests, 4);
-        assert!(s.rates.rate(None, Flow::Inbound) > 0.0);
+        assert_eq!(s.books.unattributed().inbound.requests, 4);
+        assert!(s.books.rate(None, Flow::Inbound) > 0.0);
     }
 }

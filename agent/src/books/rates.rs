@@ -23,11 +23,12 @@
 //!   special case: the agent was watching and saw it serve nothing before.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
-use crate::{attribution::flow::Flow, identity::PodId};
+use crate::attribution::flow::Flow;
+
 /// The length of the sliding window, in whole seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow(u32);
@@ -73,7 +74,7 @@ impl TryFrom<u32> for RateWindow {
 /// every read at the default cadence (250 ms) for windows up to 30 s.
 const KEPT_PER_WINDOW: f64 = 120.0;
 
-/// One flow's running total and its value at each kept read (aligned with [`Rates::kept`]).
+/// One flow's running total and its value at each kept read (aligned with [`RateClock`]'s).
 #[derive(Clone, Debug)]
 struct Total {
     now: u64,
@@ -90,12 +91,9 @@ impl Total {
     }
 }
 
-/// The four flows of a pod, each with a total once it saw a request.
-type FlowTotals = [Option<Total>; Flow::COUNT];
-
-/// The running totals of every pod's flows, on one clock that starts when the agent starts
-/// counting (when every kernel counter was zero).
-pub struct Rates {
+/// The clock every pod's totals share, which starts when the agent starts counting (when every
+/// kernel counter was zero), and the times of the kept reads.
+pub struct RateClock {
     window: RateWindow,
     origin: Instant,
     /// Seconds since `origin` of the latest read.
@@ -103,11 +101,17 @@ pub struct Rates {
     /// Seconds since `origin` of the kept reads, oldest first; the first is the origin until the
     /// window has passed it.
     kept: VecDeque<f64>,
-    pods: HashMap<PodId, FlowTotals>,
-    unattributed: FlowTotals,
 }
 
-impl Rates {
+/// What one read does to every total: keep its value, and forget the oldest kept ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "every total must take the step"]
+pub struct Step {
+    keep: bool,
+    forget: usize,
+}
+
+impl RateClock {
     /// `origin` is when the kernel counters started from zero (the programs were attached).
     pub fn new(window: RateWindow, origin: Instant) -> Self {
         Self {
@@ -115,8 +119,6 @@ impl Rates {
             origin,
             booked_to: 0.0,
             kept: VecDeque::from([0.0]),
-            pods: HashMap::new(),
-            unattributed: FlowTotals::default(),
         }
     }
 
@@ -124,45 +126,20 @@ impl Rates {
         self.window
     }
 
-    fn all_totals(&mut self) -> impl Iterator<Item = &mut Total> {
-        self.pods
-            .values_mut()
-            .chain(std::iter::once(&mut self.unattributed))
-            .flat_map(|flows| flows.iter_mut().flatten())
-    }
-
-    /// Books the counter deltas of one read taken at `now`: they happened since the previous read.
-    /// Call it for every read, also one without deltas, so that the rates decay.
-    pub fn book<'a>(
-        &mut self,
-        now: Instant,
-        deltas: impl IntoIterator<Item = (Option<&'a PodId>, Flow, u64)>,
-    ) {
+    /// Closes the read taken at `now`, whose deltas were added with [`FlowRates::add`] since the
+    /// previous one. Call it for every read, also one without deltas, so that the rates decay;
+    /// then apply the step to every pod's rates.
+    pub fn read(&mut self, now: Instant) -> Step {
         let t = now
             .saturating_duration_since(self.origin)
             .as_secs_f64()
             .max(self.booked_to);
-        let kept = self.kept.len();
-        for (pod, flow, requests) in deltas {
-            if requests == 0 {
-                continue;
-            }
-            let flows = match pod {
-                Some(pod) => self.pods.entry(pod.clone()).or_default(),
-                None => &mut self.unattributed,
-            };
-            flows[flow.index()]
-                .get_or_insert_with(|| Total::new(kept))
-                .now += requests;
-        }
         self.booked_to = t;
         // Keep this read if the last kept one is old enough.
         let spacing = f64::from(self.window.secs()) / KEPT_PER_WINDOW;
-        if self.kept.back().is_none_or(|&last| t - last >= spacing) {
+        let keep = self.kept.back().is_none_or(|&last| t - last >= spacing);
+        if keep {
             self.kept.push_back(t);
-            for total in self.all_totals() {
-                total.kept.push_back(total.now);
-            }
         }
         // Forget kept reads older than the latest one at or before t - W.
         let start = t - f64::from(self.window.secs());
@@ -171,38 +148,7 @@ impl Rates {
             self.kept.pop_front();
             forget += 1;
         }
-        if forget > 0 {
-            for total in self.all_totals() {
-                total.kept.drain(..forget);
-            }
-        }
-    }
-
-    /// Requests per second of a pod's flow (`None`: sockets of no pod) at the latest read.
-    pub fn rate(&self, pod: Option<&PodId>, flow: Flow) -> f64 {
-        let flows = match pod {
-            Some(pod) => self.pods.get(pod),
-            None => Some(&self.unattributed),
-        };
-        let Some(total) = flows.and_then(|f| f[flow.index()].as_ref()) else {
-            return 0.0;
-        };
-        // The oldest kept read is the latest one at or before t - W (or the origin).
-        let (Some(&from), Some(&count_then)) = (self.kept.front(), total.kept.front()) else {
-            return 0.0;
-        };
-        let span = (self.booked_to - from).max(1.0);
-        (total.now - count_then) as f64 / span
-    }
-
-    /// Pods with a total.
-    pub fn pods(&self) -> impl Iterator<Item = &PodId> {
-        self.pods.keys()
-    }
-
-    /// Forgets a pod's totals.
-    pub fn remove(&mut self, pod: &PodId) {
-        self.pods.remove(pod);
+        Step { keep, forget }
     }
 
     /// How long the clock has run at the latest read.
@@ -217,11 +163,125 @@ impl Rates {
     }
 }
 
+/// The running totals of one pod's four flows (or of the sockets of no pod), each from the first
+/// request it saw, on the shared [`RateClock`].
+#[derive(Clone, Debug, Default)]
+pub struct FlowRates([Option<Total>; Flow::COUNT]);
+
+impl FlowRates {
+    /// Adds the requests of a flow counted since the previous read (before [`RateClock::read`]
+    /// closes it).
+    pub fn add(&mut self, clock: &RateClock, flow: Flow, requests: u64) {
+        if requests == 0 {
+            return;
+        }
+        let kept = clock.kept.len();
+        self.0[flow.index()]
+            .get_or_insert_with(|| Total::new(kept))
+            .now += requests;
+    }
+
+    /// Takes a read's step: keeps the totals as they are now and forgets what the clock forgot.
+    pub fn apply(&mut self, step: Step) {
+        for total in self.0.iter_mut().flatten() {
+            if step.keep {
+                total.kept.push_back(total.now);
+            }
+            total.kept.drain(..step.forget);
+        }
+    }
+
+    /// Whether any flow saw a request.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Requests per second of a flow at the clock's latest read.
+    pub fn rate(&self, clock: &RateClock, flow: Flow) -> f64 {
+        let Some(total) = self.0[flow.index()].as_ref() else {
+            return 0.0;
+        };
+        // The oldest kept read is the latest one at or before t - W (or the origin).
+        let (Some(&from), Some(&count_then)) = (clock.kept.front(), total.kept.front()) else {
+            return 0.0;
+        };
+        let span = (clock.booked_to - from).max(1.0);
+        (total.now - count_then) as f64 / span
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::identity::PodId;
 
     const POD: &str = "web";
+
+    /// Pods' rates on one clock, booked the way the books book a counter read.
+    struct Rates {
+        clock: RateClock,
+        pods: HashMap<PodId, FlowRates>,
+        unattributed: FlowRates,
+    }
+
+    impl Rates {
+        fn new(window: RateWindow, origin: Instant) -> Self {
+            Self {
+                clock: RateClock::new(window, origin),
+                pods: HashMap::new(),
+                unattributed: FlowRates::default(),
+            }
+        }
+
+        fn book<'a>(
+            &mut self,
+            now: Instant,
+            deltas: impl IntoIterator<Item = (Option<&'a PodId>, Flow, u64)>,
+        ) {
+            for (pod, flow, requests) in deltas {
+                let rates = match pod {
+                    Some(pod) => self.pods.entry(pod.clone()).or_default(),
+                    None => &mut self.unattributed,
+                };
+                rates.add(&self.clock, flow, requests);
+            }
+            let step = self.clock.read(now);
+            for rates in self.pods.values_mut() {
+                rates.apply(step);
+            }
+            self.unattributed.apply(step);
+        }
+
+        fn rate(&self, pod: Option<&PodId>, flow: Flow) -> f64 {
+            let rates = match pod {
+                Some(pod) => self.pods.get(pod),
+                None => Some(&self.unattributed),
+            };
+            rates.map_or(0.0, |r| r.rate(&self.clock, flow))
+        }
+
+        /// Pods with a total.
+        fn pods(&self) -> impl Iterator<Item = &PodId> {
+            self.pods
+                .iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(pod, _)| pod)
+        }
+
+        fn remove(&mut self, pod: &PodId) {
+            self.pods.remove(pod);
+        }
+
+        fn booked_to(&self) -> Duration {
+            self.clock.booked_to()
+        }
+
+        fn kept_reads(&self) -> usize {
+            self.clock.kept_reads()
+        }
+    }
 
     fn rates(secs: u32) -> (Rates, Instant, PodId) {
         let t0 = Instant::now();

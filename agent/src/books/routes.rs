@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::{attribution::flow::Flow, fast_map::FastMap, identity::PodId};
+use crate::{attribution::flow::Flow, fast_map::FastMap};
 
 /// The route of everything over the cap, and of targets that are not paths.
 pub const OTHER: &str = "other";
@@ -97,20 +97,19 @@ struct Table {
     names: Vec<Arc<str>>,
 }
 
-/// Route labels of every pod, at most `cap` (+ `other`) per pod and direction.
-pub struct Routes {
+/// What every pod's routes share: at most `cap` (+ `other`) per pod and direction, and how many
+/// requests that folded.
+pub struct RouteCap {
     cap: usize,
-    pods: FastMap<PodId, [Table; 2]>,
     /// Requests whose route was folded into `other` because the pod was at its cap.
-    pub folded: u64,
+    folded: u64,
 }
 
-impl Routes {
+impl RouteCap {
     /// `cap` is clamped to `1..=u16::MAX - 1` (ids must fit the label cache's keys).
     pub fn new(cap: usize) -> Self {
         Self {
             cap: cap.clamp(1, usize::from(u16::MAX - 1)),
-            pods: FastMap::default(),
             folded: 0,
         }
     }
@@ -119,30 +118,40 @@ impl Routes {
         self.cap
     }
 
-    /// The route label of a request `target` sent (outbound) or served (inbound) by `pod`.
-    /// Loopback flows share their direction's table.
-    pub fn route(&mut self, pod: &PodId, flow: Flow, target: Option<&str>) -> Route {
+    /// Requests whose route was folded into `other` because their pod was at its cap.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+}
+
+/// The route labels of one pod: a table per direction.
+#[derive(Default)]
+pub struct PodRoutes([Table; 2]);
+
+impl PodRoutes {
+    /// The table of a flow's direction: loopback flows share their direction's.
+    fn direction(flow: Flow) -> usize {
+        match flow {
+            Flow::Inbound | Flow::LoopbackInbound => 0,
+            Flow::Outbound | Flow::LoopbackOutbound => 1,
+        }
+    }
+
+    /// The route label of a request `target` the pod sent (outbound) or served (inbound).
+    pub fn route(&mut self, cap: &mut RouteCap, flow: Flow, target: Option<&str>) -> Route {
         // Normalised routes start with `/` (or are `*`), so none can be mistaken for `other`.
         let Some(name) = target.and_then(normalise) else {
             return other();
         };
-        // Per exchange: clone the pod's name only the first time it is seen.
-        if !self.pods.contains_key(pod) {
-            self.pods.insert(pod.clone(), Default::default());
-        }
-        let tables = self.pods.get_mut(pod).expect("inserted above");
-        let table = match flow {
-            Flow::Inbound | Flow::LoopbackInbound => &mut tables[0],
-            Flow::Outbound | Flow::LoopbackOutbound => &mut tables[1],
-        };
+        let table = &mut self.0[Self::direction(flow)];
         if let Some(id) = table.ids.get(&name) {
             return Route {
                 id: *id,
                 name: table.names[usize::from(*id) - 1].clone(),
             };
         }
-        if table.names.len() >= self.cap {
-            self.folded += 1;
+        if table.names.len() >= cap.cap {
+            cap.folded += 1;
             return other();
         }
         let name: Arc<str> = Arc::from(name);
@@ -153,17 +162,9 @@ impl Routes {
         Route { id, name }
     }
 
-    /// Distinct routes (without `other`) a pod has in a direction.
-    pub fn len(&self, pod: &PodId, flow: Flow) -> usize {
-        self.pods.get(pod).map_or(0, |t| match flow {
-            Flow::Inbound | Flow::LoopbackInbound => t[0].names.len(),
-            Flow::Outbound | Flow::LoopbackOutbound => t[1].names.len(),
-        })
-    }
-
-    /// Forgets a pod's routes.
-    pub fn remove(&mut self, pod: &PodId) {
-        self.pods.remove(pod);
+    /// Distinct routes (without `other`) in a direction.
+    pub fn len(&self, flow: Flow) -> usize {
+        self.0[Self::direction(flow)].names.len()
     }
 }
 
@@ -224,13 +225,13 @@ mod tests {
 
     #[test]
     fn the_cap_folds_new_routes_into_other_per_pod_and_direction() {
-        let mut routes = Routes::new(3);
-        let web = PodId::new("shop", "web");
-        let api = PodId::new("shop", "api");
+        let mut cap = RouteCap::new(3);
+        let mut web = PodRoutes::default();
+        let mut api = PodRoutes::default();
         let names: Vec<_> = (0..10)
             .map(|i| {
                 let target = format!("/page-{}", char::from(b'a' + i));
-                routes.route(&web, Flow::Inbound, Some(&target)).name
+                web.route(&mut cap, Flow::Inbound, Some(&target)).name
             })
             .collect();
         assert_eq!(
@@ -240,31 +241,32 @@ mod tests {
                 "other", "other"
             ]
         );
-        assert_eq!(routes.folded, 7);
+        assert_eq!(cap.folded(), 7);
         // Known routes keep their id after the cap is reached.
-        let b = routes.route(&web, Flow::Inbound, Some("/page-b?x=1"));
+        let b = web.route(&mut cap, Flow::Inbound, Some("/page-b?x=1"));
         assert_eq!((b.id, &*b.name), (2, "/page-b"));
         // Ids collapse before the cap is applied: one route for any number of ids.
         assert_eq!(
-            &*routes.route(&api, Flow::Inbound, Some("/items/1")).name,
+            &*api.route(&mut cap, Flow::Inbound, Some("/items/1")).name,
             "/items/{id}"
         );
         for i in 0..1_000 {
             let target = format!("/items/{i}");
-            assert_eq!(routes.route(&api, Flow::Inbound, Some(&target)).id, 1);
+            assert_eq!(api.route(&mut cap, Flow::Inbound, Some(&target)).id, 1);
         }
         // The other direction and other pods have their own tables.
-        assert_eq!(&*routes.route(&web, Flow::Outbound, Some("/x")).name, "/x");
-        assert_eq!(routes.len(&web, Flow::Inbound), 3);
-        assert_eq!(routes.len(&web, Flow::Outbound), 1);
-        assert_eq!(routes.len(&api, Flow::Inbound), 1);
+        assert_eq!(&*web.route(&mut cap, Flow::Outbound, Some("/x")).name, "/x");
+        assert_eq!(web.len(Flow::Inbound), 3);
+        assert_eq!(web.len(Flow::Outbound), 1);
+        assert_eq!(api.len(Flow::Inbound), 1);
         // Targets that are not paths, and a missing target, are `other` without using the cap.
-        assert_eq!(routes.route(&api, Flow::Inbound, Some("h:443")).id, 0);
-        assert_eq!(routes.route(&api, Flow::Inbound, None).id, 0);
-        routes.remove(&web);
-        assert_eq!(routes.len(&web, Flow::Inbound), 0);
+        assert_eq!(api.route(&mut cap, Flow::Inbound, Some("h:443")).id, 0);
+        assert_eq!(api.route(&mut cap, Flow::Inbound, None).id, 0);
+        // A pod removed and seen again starts with an empty table (see `Books::remove`).
+        web = PodRoutes::default();
+        assert_eq!(web.len(Flow::Inbound), 0);
         assert_eq!(
-            &*routes.route(&web, Flow::Inbound, Some("/page-z")).name,
+            &*web.route(&mut cap, Flow::Inbound, Some("/page-z")).name,
             "/page-z"
         );
     }

@@ -3,7 +3,7 @@
 //! HTTP/1.x has at most one exchange in flight per connection (pipelining aside, which the kernel
 //! does not count either), so one open request per socket cookie is enough.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use crate::{
     events::decode::{Common, Event, Method},
@@ -33,7 +33,6 @@ pub struct Exchange {
     /// From the request's first segment to the response's first segment, as the observing
     /// socket saw them; `None` without a response.
     pub latency: Option<Duration>,
-    pub remote: Option<SocketAddr>,
 }
 
 struct Open {
@@ -118,7 +117,6 @@ fn exchange(open: Open, outcome: Outcome, latency: Option<Duration>) -> Exchange
         target: open.target,
         outcome,
         latency,
-        remote: open.common.remote,
     }
 }
 
@@ -134,8 +132,6 @@ mod tests {
             cgroup_id: 7,
             role: 1,
             peer: 0,
-            local: None,
-            remote: None,
         }
     }
 

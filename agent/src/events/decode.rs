@@ -1,7 +1,5 @@
 //! Decoding the kernel's ring buffer records into typed events.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
 use podmeter_common::{HEAD_LEN, HttpEvent, event_kind};
 
 /// HTTP request methods, with everything else under `Other`.
@@ -72,8 +70,6 @@ pub struct Common {
     pub cgroup_id: u64,
     pub role: u32,
     pub peer: u16,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
 }
 
 /// The request line as far as the kernel copied it.
@@ -116,8 +112,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         cgroup_id: raw.cgroup_id,
         role: raw.role,
         peer: raw.peer,
-        local: address(raw.family, &raw.local_addr, raw.local_port),
-        remote: address(raw.family, &raw.remote_addr, raw.remote_port),
     };
     match raw.kind {
         event_kind::REQUEST => {
@@ -134,15 +128,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         event_kind::CLOSED_WITHOUT_RESPONSE => Some(Event::ClosedWithoutResponse { common }),
         _ => None,
     }
-}
-
-fn address(family: u32, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
-    let ip = match family {
-        2 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        10 => IpAddr::V6(Ipv6Addr::from(*addr)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 /// Parses the copied head of a request with httparse. The copy may end inside the request line

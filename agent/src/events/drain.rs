@@ -39,15 +39,15 @@ impl Drain {
         }
     }
 
-    /// Names each exchange's pod (`pod_of` a cgroup id) and flow; exchanges of sockets whose role
-    /// the kernel could not establish are left out. Runs before the node state is locked.
+    /// Names each exchange's pod (`pod_of` a cgroup id) and flow by [`attribution::attribute`],
+    /// the rule the counters follow too. Runs before the node state is locked.
     pub fn finish(self, mut pod_of: impl FnMut(u64) -> Option<PodId>) -> Drained {
         let booked = self
             .exchanges
             .into_iter()
             .filter_map(|x| {
-                let flow = attribution::flow::flow(x.role, x.peer)?;
-                Some((pod_of(x.cgroup_id), flow, x))
+                let (pod, flow) = attribution::attribute(x.cgroup_id, x.role, x.peer, &mut pod_of)?;
+                Some((pod, flow, x))
             })
             .collect();
         Drained {

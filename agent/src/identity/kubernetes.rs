@@ -10,17 +10,10 @@
 
 use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, Resource as _, ResourceExt as _,
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
-        watcher,
-    },
-};
-use tracing::{debug, info, warn};
+use kube::{Api, Client, Resource as _, ResourceExt as _, runtime::reflector::Store};
+use podmeter_kube::watch::{self, Change, Watch};
+use tracing::{debug, info};
 
 use super::{PodId, PodInfo, Workload, cgroup_path};
 
@@ -81,40 +74,26 @@ impl KubernetesIdentity {
     /// Starts watching `node`'s pods through `client`. Must run inside a tokio runtime.
     pub fn start(client: Client, node: &str) -> Self {
         let api: Api<Pod> = Api::all(client);
-        let config = watcher::Config::default().fields(&node_selector(node));
-        let (store, writer) = reflector::store();
-        let stream = watcher(api, config)
-            .default_backoff()
-            .modify(|pod: &mut Pod| {
-                pod.managed_fields_mut().clear();
+        let node_name = node.to_owned();
+        let watch = Watch::new(format!("pods of node {node}"))
+            .fields(&node_selector(node))
+            .trim(|pod: &mut Pod| {
                 pod.annotations_mut().remove(LAST_APPLIED);
             })
-            .reflect(writer);
-        let node_name = node.to_owned();
-        let watcher = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(pod)) => {
-                        debug!(pod = %pod_name(&pod), uid = ?pod.metadata.uid, "pod applied");
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        debug!(pod = %pod_name(&pod), uid = ?pod.metadata.uid, "pod deleted");
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        info!(node = %node_name, "pods of this node listed");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(node = %node_name, error = %e, "watching this node's pods failed; retrying");
-                    }
+            .on_change(move |change, _| match change {
+                Change::Applied(pod) => {
+                    debug!(pod = %pod_name(pod), uid = ?pod.metadata.uid, "pod applied");
                 }
-            }
-        });
+                Change::Deleted(pod) => {
+                    debug!(pod = %pod_name(pod), uid = ?pod.metadata.uid, "pod deleted");
+                }
+                Change::Listed => info!(node = %node_name, "pods of this node listed"),
+            });
+        let (store, watching) = watch::reflect(api, watch);
         Self {
             store,
             node: node.to_owned(),
-            watcher,
+            watcher: tokio::spawn(watching),
         }
     }
 

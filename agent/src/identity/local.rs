@@ -1,25 +1,22 @@
-//! Pod identity without Kubernetes: which pod a cgroup directory or an IP address belongs to.
+//! Pod identity without Kubernetes: which pod a cgroup directory belongs to.
 //!
 //! Two sources, in this order:
-//! 1. an identity file (TOML) naming each pod's cgroup and addresses (`--identity file`):
+//! 1. an identity file (TOML) naming each pod's cgroup (`--identity file`):
 //!    ```toml
 //!    [[pods]]
 //!    namespace = "shop"
 //!    name = "web-1"
 //!    cgroup = "shop/web-1"        # relative to the attach root, or absolute
-//!    ips = ["198.18.0.2"]
 //!    ```
+//!    An `ips = [...]` key, from when pods were also identified by address, is accepted and
+//!    ignored.
 //! 2. the cgroup directory names (`--identity cgroup-dirs`): `<root>/<namespace>/<pod>/...` is
 //!    pod `<pod>` in `<namespace>`; `<root>/<pod>` (one level) is pod `<pod>` in namespace
 //!    `default`.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    path::{Component, Path, PathBuf},
-};
+use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, de::IgnoredAny};
 
 use super::PodId;
 use crate::Error;
@@ -38,20 +35,19 @@ struct PodEntry {
     namespace: String,
     name: String,
     cgroup: Option<PathBuf>,
-    #[serde(default)]
-    ips: Vec<IpAddr>,
+    /// No longer used (pods are identified by cgroup); kept so existing files still load.
+    ips: Option<IgnoredAny>,
 }
 
 fn default_namespace() -> String {
     "default".to_owned()
 }
 
-/// Resolves cgroup paths (relative to the attach root) and addresses to pods.
+/// Resolves cgroup paths (relative to the attach root) to pods.
 #[derive(Debug, Default)]
 pub struct LocalIdentity {
     /// Longest prefix wins: (cgroup path relative to the root, pod).
     cgroups: Vec<(PathBuf, PodId)>,
-    ips: HashMap<IpAddr, PodId>,
 }
 
 impl LocalIdentity {
@@ -69,6 +65,9 @@ impl LocalIdentity {
 
     pub fn parse(text: &str, root: &Path) -> Result<Self, String> {
         let file: IdentityFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.pods.iter().any(|entry| entry.ips.is_some()) {
+            tracing::warn!("ips is no longer used; pods are identified by cgroup");
+        }
         let mut identity = Self::default();
         for entry in file.pods {
             let pod = PodId::new(entry.namespace, entry.name);
@@ -84,12 +83,7 @@ impl LocalIdentity {
                     }
                     Err(_) => cgroup,
                 };
-                identity.cgroups.push((rel, pod.clone()));
-            }
-            for ip in entry.ips {
-                if let Some(other) = identity.ips.insert(ip, pod.clone()) {
-                    return Err(format!("address {ip} is given to both {other} and {pod}"));
-                }
+                identity.cgroups.push((rel, pod));
             }
         }
         identity
@@ -117,16 +111,23 @@ impl LocalIdentity {
             _ => None,
         }
     }
-
-    /// The pod an address belongs to, if the identity file names it.
-    pub fn pod_of_ip(&self, ip: &IpAddr) -> Option<&PodId> {
-        self.ips.get(ip)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_with_addresses_still_load() {
+        // Addresses no longer identify pods: a file that gives one to two pods loads, and the
+        // pods are found by their cgroups.
+        let text = "[[pods]]\nname='a'\ncgroup='a'\nips=['198.18.0.1']\n[[pods]]\nname='b'\ncgroup='b'\nips=['198.18.0.1']";
+        let id = LocalIdentity::parse(text, Path::new("/sys/fs/cgroup")).expect("loads");
+        assert_eq!(
+            id.pod_of_cgroup(Path::new("b/c")),
+            Some(PodId::new("default", "b"))
+        );
+    }
 
     #[test]
     fn directory_names_are_namespace_then_pod() {
@@ -163,22 +164,12 @@ mod tests {
             id.pod_of_cgroup(Path::new("a/x")),
             Some(PodId::new("shop", "outer"))
         );
-        assert_eq!(
-            id.pod_of_ip(&"198.18.0.9".parse().expect("ip")),
-            Some(&PodId::new("default", "inner"))
-        );
     }
 
     #[test]
     fn bad_files_say_why() {
         let root = Path::new("/sys/fs/cgroup");
         assert!(LocalIdentity::parse("[[pods]]\nname = 3", root).is_err());
-        let dup = "[[pods]]\nname='a'\nips=['198.18.0.1']\n[[pods]]\nname='b'\nips=['198.18.0.1']";
-        assert!(
-            LocalIdentity::parse(dup, root)
-                .expect_err("duplicate")
-                .contains("both")
-        );
         let outside = "[[pods]]\nname='a'\ncgroup='/elsewhere/a'";
         assert!(
             LocalIdentity::parse(outside, root)

@@ -1,4 +1,4 @@
-//! Which pod a cgroup or an address belongs to. Two sources: the Kubernetes API (this node's
+//! Which pod a cgroup belongs to. Two sources: the Kubernetes API (this node's
 //! pods, watched; [`kubernetes`]) or, without a cluster, an identity file and cgroup directory
 //! names ([`local`]). [`cgroup_path`] reads the pod UID out of the kubelet's cgroup names.
 
@@ -166,14 +166,6 @@ impl Identity {
         match self {
             Self::Local(local) => local.pod_of_cgroup(rel),
             Self::Kubernetes(k8s) => k8s.pod_of_cgroup(rel),
-        }
-    }
-
-    /// The pod an address belongs to now (never a deleted pod; never a hostNetwork pod).
-    pub fn pod_of_ip(&self, ip: &IpAddr) -> Option<PodId> {
-        match self {
-            Self::Local(local) => local.pod_of_ip(ip).cloned(),
-            Self::Kubernetes(k8s) => k8s.pod_of_ip(ip),
         }
     }
 }

@@ -113,8 +113,8 @@ impl Deltas {
     }
 }
 
-/// Names each changed flow's pod (`pod_of` a cgroup id) and its [`Flow`]; flows of sockets whose
-/// role the kernel could not establish are left out before any pod is looked up.
+/// Names each changed flow's pod (`pod_of` a cgroup id) and its [`Flow`] by
+/// [`attribution::attribute`], the rule the paired events follow too.
 pub fn by_pod(
     changed: Vec<(FlowKey, Counts)>,
     mut pod_of: impl FnMut(u64) -> Option<PodId>,
@@ -122,8 +122,9 @@ pub fn by_pod(
     changed
         .into_iter()
         .filter_map(|(key, delta)| {
-            let flow = attribution::flow::flow(key.role, key.peer)?;
-            Some((pod_of(key.cgroup_id), flow, delta))
+            let (pod, flow) =
+                attribution::attribute(key.cgroup_id, key.role, key.peer, &mut pod_of)?;
+            Some((pod, flow, delta))
         })
         .collect()
 }

@@ -1,5 +1,6 @@
-//! Per-pod HTTP metric families of one side (server: requests a pod served; client: requests it
-//! sent), and the cached series of each pod so that booking never looks a label set up by string.
+//! Per-pod HTTP metric families of each side (server: requests a pod served; client: requests it
+//! sent), and the series handles of one pod ([`PodSeries`]) that its book keeps, so that booking
+//! never looks a label set up by string.
 
 use std::sync::atomic::AtomicU64;
 
@@ -13,8 +14,8 @@ use super::labels::{
     DurationLabels, ObservedLabels, PodLabels, ResponseLabels, RouteLabel, StatusClass,
 };
 use crate::{
-    books::routes::Route, connections::pairing::Exchange, events::decode::Method,
-    fast_map::FastMap, identity::PodId, kernel::counters::Counts,
+    attribution::flow::Flow, books::routes::Route, connections::pairing::Exchange,
+    events::decode::Method, fast_map::FastMap, identity::PodId, kernel::counters::Counts,
 };
 
 /// Upper bounds of the request duration buckets, in seconds: 100 µs to 60 s in 1-2.5-5 steps,
@@ -41,6 +42,25 @@ pub enum Side {
 }
 
 impl Side {
+    pub const ALL: [Side; 2] = [Side::Server, Side::Client];
+
+    /// The side a flow is exported under; loopback flows (a pod talking to itself) are not.
+    pub fn of(flow: Flow) -> Option<Side> {
+        match flow {
+            Flow::Inbound => Some(Side::Server),
+            Flow::Outbound => Some(Side::Client),
+            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
+        }
+    }
+
+    /// The side's place in a per-side array.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Server => 0,
+            Side::Client => 1,
+        }
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             Self::Server => "http_server",
@@ -126,8 +146,10 @@ impl HttpFamilies {
     }
 }
 
-/// The series of one pod, created on first use.
-struct PodSeries {
+/// The series of one pod on one side, created with its always-present ones (requests started,
+/// rate) at its first booking. It lives in the pod's book, so booking never looks a label set up
+/// by string and never hashes the pod again.
+pub struct PodSeries {
     labels: PodLabels,
     started: Counter,
     per_second: Rate,
@@ -138,47 +160,28 @@ struct PodSeries {
     durations: FastMap<u16, (DurationLabels, Histogram)>,
 }
 
-/// The series of `pod`, created with its always-present ones (requests started, rate) on first use.
-fn series<'a>(
-    families: &HttpFamilies,
-    pods: &'a mut FastMap<PodId, PodSeries>,
-    pod: &PodId,
-) -> &'a mut PodSeries {
-    // Look up before inserting: the hot path must not clone the pod's name.
-    if let Some(series) = pods.get_mut(pod) {
-        return series;
-    }
-    let labels = PodLabels::from(pod);
-    pods.entry(pod.clone()).or_insert(PodSeries {
-        started: families.requests_started.get_or_create_owned(&labels),
-        per_second: families.requests_per_second.get_or_create_owned(&labels),
-        labels,
-        ended: Default::default(),
-        observed: FastMap::default(),
-        durations: FastMap::default(),
-    })
-}
-
-/// One side's families plus the series every pod has in them.
-pub struct HttpMetrics {
-    families: HttpFamilies,
-    pods: FastMap<PodId, PodSeries>,
-}
-
-impl HttpMetrics {
-    pub fn new(families: HttpFamilies) -> Self {
+impl PodSeries {
+    pub fn new(families: &HttpFamilies, pod: &PodId) -> Self {
+        let labels = PodLabels::from(pod);
         Self {
-            families,
-            pods: FastMap::default(),
+            started: families.requests_started.get_or_create_owned(&labels),
+            per_second: families.requests_per_second.get_or_create_owned(&labels),
+            labels,
+            ended: Default::default(),
+            observed: FastMap::default(),
+            durations: FastMap::default(),
         }
     }
 
+    /// Whether `other` writes to the same series: pods of one namespace and name do.
+    pub fn shares_series_with(&self, other: &PodSeries) -> bool {
+        self.labels == other.labels
+    }
+
     /// Books exact counter deltas.
-    pub fn add_counts(&mut self, pod: &PodId, delta: &Counts) {
-        let requests = &self.families.requests;
-        let series = series(&self.families, &mut self.pods, pod);
-        series.started.inc_by(delta.requests);
-        for ((slot, n), class) in series
+    pub fn add_counts(&mut self, families: &HttpFamilies, delta: &Counts) {
+        self.started.inc_by(delta.requests);
+        for ((slot, n), class) in self
             .ended
             .iter_mut()
             .zip(delta.responses)
@@ -188,8 +191,8 @@ impl HttpMetrics {
                 continue;
             }
             slot.get_or_insert_with(|| {
-                requests.get_or_create_owned(&ResponseLabels {
-                    pod: series.labels.clone(),
+                families.requests.get_or_create_owned(&ResponseLabels {
+                    pod: self.labels.clone(),
                     status_class: class,
                 })
             })
@@ -197,26 +200,22 @@ impl HttpMetrics {
         }
     }
 
-    /// Sets the rate gauge of a pod that has series.
-    pub fn set_rate(&self, pod: &PodId, rate: f64) {
-        if let Some(series) = self.pods.get(pod) {
-            series.per_second.set(rate);
-        }
+    /// Sets the rate gauge.
+    pub fn set_rate(&self, rate: f64) {
+        self.per_second.set(rate);
     }
 
     /// Books a paired exchange; `route` is `None` when route labels are off.
-    pub fn observe(&mut self, pod: &PodId, exchange: &Exchange, route: Option<Route>) {
-        let families = &self.families;
-        let series = series(families, &mut self.pods, pod);
+    pub fn observe(&mut self, families: &HttpFamilies, exchange: &Exchange, route: Option<Route>) {
         let class = StatusClass::of_outcome(exchange.outcome);
         let route_id = route.as_ref().map_or(0, |r| r.id);
         let route_label = RouteLabel(route.map(|r| r.name));
-        let (_, observed) = series
+        let (_, observed) = self
             .observed
             .entry((exchange.method, class, route_id))
             .or_insert_with(|| {
                 let labels = ObservedLabels {
-                    pod: series.labels.clone(),
+                    pod: self.labels.clone(),
                     method: exchange.method,
                     status_class: class,
                     route: route_label.clone(),
@@ -228,9 +227,9 @@ impl HttpMetrics {
         let Some(latency) = exchange.latency else {
             return;
         };
-        let (_, histogram) = series.durations.entry(route_id).or_insert_with(|| {
+        let (_, histogram) = self.durations.entry(route_id).or_insert_with(|| {
             let labels = DurationLabels {
-                pod: series.labels.clone(),
+                pod: self.labels.clone(),
                 route: route_label,
             };
             let histogram = families.request_duration.get_or_create_owned(&labels);
@@ -239,48 +238,46 @@ impl HttpMetrics {
         histogram.observe(latency.as_secs_f64());
     }
 
-    /// Removes every series of a pod from the families.
-    pub fn remove(&mut self, pod: &PodId) {
-        let Some(series) = self.pods.remove(pod) else {
-            return;
-        };
-        // Series carry only namespace and name, so a pod of the same name and another UID (a
-        // StatefulSet's pod created again) holds the same ones: they go too, and its series
-        // start afresh at its next booking instead of counting into series no longer exported.
-        let sharing: Vec<PodId> = self
-            .pods
-            .iter()
-            .filter(|(_, s)| s.labels == series.labels)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in &sharing {
-            self.pods.remove(p);
-        }
-        self.remove_series(&series);
-    }
-
-    fn remove_series(&self, series: &PodSeries) {
-        let f = &self.families;
-        f.requests_started.remove(&series.labels);
-        f.requests_per_second.remove(&series.labels);
-        for (slot, class) in series.ended.iter().zip(StatusClass::ALL) {
+    /// Removes every series from the families. Series carry only namespace and name, so a pod of
+    /// the same name and another UID (a StatefulSet's pod created again) holds the same ones: the
+    /// caller drops its handles too (see `Books::remove`), and its series start afresh at its next
+    /// booking instead of counting into series no longer exported.
+    pub fn remove_from(self, families: &HttpFamilies) {
+        let f = families;
+        f.requests_started.remove(&self.labels);
+        f.requests_per_second.remove(&self.labels);
+        for (slot, class) in self.ended.iter().zip(StatusClass::ALL) {
             if slot.is_some() {
                 f.requests.remove(&ResponseLabels {
-                    pod: series.labels.clone(),
+                    pod: self.labels.clone(),
                     status_class: class,
                 });
             }
         }
-        for (labels, _) in series.observed.values() {
+        for (labels, _) in self.observed.values() {
             f.observed_requests.remove(labels);
         }
-        for (labels, _) in series.durations.values() {
+        for (labels, _) in self.durations.values() {
             f.request_duration.remove(labels);
         }
     }
+}
 
-    /// Pods with series.
-    pub fn pods(&self) -> usize {
-        self.pods.len()
+/// The families of both sides; a pod's series on each live in its book.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// `podmeter_http_server_*`: requests pods served (inbound).
+    pub server: HttpFamilies,
+    /// `podmeter_http_client_*`: requests pods sent (outbound).
+    pub client: HttpFamilies,
+}
+
+impl HttpMetrics {
+    /// The families of a side.
+    pub fn side(&self, side: Side) -> &HttpFamilies {
+        match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        }
     }
 }

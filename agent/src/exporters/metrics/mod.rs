@@ -18,14 +18,12 @@ use self::{
     health::{AgentInfo, HealthMetrics},
     http::{HttpFamilies, HttpMetrics, Side},
 };
-use crate::{attribution::flow::Flow, identity::PodId};
 
-/// Every family the agent exports, with the series of every pod.
+/// Every family the agent exports. The series of each pod live in its book
+/// (`books::PodBook`), which holds a clone of `http` (a family's clone is a handle to it).
 pub struct Metrics {
-    /// `podmeter_http_server_*`: requests pods served (inbound).
-    pub server: HttpMetrics,
-    /// `podmeter_http_client_*`: requests pods sent (outbound).
-    pub client: HttpMetrics,
+    /// `podmeter_http_server_*` and `podmeter_http_client_*`: requests pods served and sent.
+    pub http: HttpMetrics,
     /// `podmeter_*`: the agent itself.
     pub health: HealthMetrics,
 }
@@ -35,39 +33,12 @@ impl Metrics {
     pub fn register(registry: &mut Registry, info: &AgentInfo) -> Self {
         let registry = registry.sub_registry_with_prefix("podmeter");
         Self {
-            server: HttpMetrics::new(HttpFamilies::register(
-                registry,
-                Side::Server,
-                info.rate_window_secs,
-            )),
-            client: HttpMetrics::new(HttpFamilies::register(
-                registry,
-                Side::Client,
-                info.rate_window_secs,
-            )),
+            http: HttpMetrics {
+                server: HttpFamilies::register(registry, Side::Server, info.rate_window_secs),
+                client: HttpFamilies::register(registry, Side::Client, info.rate_window_secs),
+            },
             health: HealthMetrics::register(registry, info),
         }
-    }
-
-    /// The side a flow is exported under; loopback flows (a pod talking to itself) are not.
-    pub fn side(&mut self, flow: Flow) -> Option<&mut HttpMetrics> {
-        match flow {
-            Flow::Inbound => Some(&mut self.server),
-            Flow::Outbound => Some(&mut self.client),
-            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
-        }
-    }
-
-    /// Removes every series of a pod.
-    pub fn remove(&mut self, pod: &PodId) {
-        self.server.remove(pod);
-        self.client.remove(pod);
-    }
-
-    /// Pods with series on either side.
-    pub fn pods(&self) -> usize {
-        // A pod usually serves or sends, rarely both: count the larger side, not the sum.
-        self.server.pods().max(self.client.pods())
     }
 }
 
@@ -75,12 +46,18 @@ impl Metrics {
 mod tests {
     use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-    use super::{exposition::Format, *};
+    use super::{
+        exposition::Format,
+        health::{HealthCollector, HealthReading},
+        http::PodSeries,
+        *,
+    };
     use crate::{
         books::routes::Route,
         connections::pairing::{Exchange, Outcome},
         events::decode::Method,
         health::Health,
+        identity::PodId,
         kernel::counters::Counts,
     };
 
@@ -105,7 +82,6 @@ mod tests {
             target: Some("/".to_owned()),
             outcome,
             latency: latency_us.map(Duration::from_micros),
-            remote: None,
         }
     }
 
@@ -123,6 +99,10 @@ mod tests {
         exposition::render(registry, Format::Prometheus).expect("renders")
     }
 
+    fn render_openmetrics(registry: &Registry) -> String {
+        exposition::render(registry, Format::OpenMetrics).expect("renders")
+    }
+
     /// Sample lines of `text` for pod `pod`, without the HELP/TYPE metadata.
     fn samples_of<'a>(text: &'a str, pod: &str) -> Vec<&'a str> {
         let needle = format!("pod=\"{pod}\"");
@@ -134,11 +114,12 @@ mod tests {
     #[test]
     fn exact_counts_and_the_rate_gauge_are_exported_per_pod() {
         let mut registry = Registry::default();
-        let mut m = Metrics::register(&mut registry, &info());
-        let web = PodId::new("shop", "web");
-        m.server.add_counts(&web, &counts(10, 9, 1));
-        m.server.add_counts(&web, &counts(2, 2, 0));
-        m.server.set_rate(&web, 4.5);
+        let m = Metrics::register(&mut registry, &info());
+        let server = &m.http.server;
+        let mut web = PodSeries::new(server, &PodId::new("shop", "web"));
+        web.add_counts(server, &counts(10, 9, 1));
+        web.add_counts(server, &counts(2, 2, 0));
+        web.set_rate(4.5);
         let text = render(&registry);
         let mut samples = samples_of(&text, "web");
         // Series of one family come in no particular order.
@@ -158,18 +139,19 @@ mod tests {
     #[test]
     fn durations_land_in_their_buckets_with_upper_bounds_inclusive() {
         let mut registry = Registry::default();
-        let mut m = Metrics::register(&mut registry, &info());
-        let web = PodId::new("shop", "web");
+        let m = Metrics::register(&mut registry, &info());
+        let server = &m.http.server;
+        let mut web = PodSeries::new(server, &PodId::new("shop", "web"));
         for latency_us in [100, 300, 2_000, 2_000, 45_000_000, 120_000_000] {
-            m.server.observe(
-                &web,
+            web.observe(
+                server,
                 &exchange(Method::Get, Outcome::Status(200), Some(latency_us)),
                 None,
             );
         }
         // Closed without a response: counted, but no duration.
-        m.server.observe(
-            &web,
+        web.observe(
+            server,
             &exchange(Method::Post, Outcome::NoResponse, None),
             None,
         );
@@ -205,14 +187,15 @@ mod tests {
     #[test]
     fn routes_are_a_label_only_when_given() {
         let mut registry = Registry::default();
-        let mut m = Metrics::register(&mut registry, &info());
-        let api = PodId::new("shop", "api");
+        let m = Metrics::register(&mut registry, &info());
+        let client = &m.http.client;
+        let mut api = PodSeries::new(client, &PodId::new("shop", "api"));
         let route = Route {
             id: 1,
             name: Arc::from("/items/{id}"),
         };
-        m.client.observe(
-            &api,
+        api.observe(
+            client,
             &exchange(Method::Delete, Outcome::Status(404), Some(900)),
             Some(route),
         );
@@ -224,47 +207,63 @@ mod tests {
     #[test]
     fn a_removed_pod_leaves_no_series_behind() {
         let mut registry = Registry::default();
-        let mut m = Metrics::register(&mut registry, &info());
-        let web = PodId::new("shop", "web");
-        let db = PodId::new("shop", "db");
-        for pod in [&web, &db] {
-            m.server.add_counts(pod, &counts(3, 2, 1));
-            m.client.add_counts(pod, &counts(1, 1, 0));
-            m.server.observe(
-                pod,
+        let m = Metrics::register(&mut registry, &info());
+        let (web, db) = (PodId::new("shop", "web"), PodId::new("shop", "db"));
+        let series = |pod: &PodId| {
+            let [mut server, mut client] =
+                Side::ALL.map(|side| PodSeries::new(m.http.side(side), pod));
+            server.add_counts(&m.http.server, &counts(3, 2, 1));
+            client.add_counts(&m.http.client, &counts(1, 1, 0));
+            server.observe(
+                &m.http.server,
                 &exchange(Method::Get, Outcome::Status(200), Some(500)),
                 None,
             );
-            m.client.observe(
-                pod,
+            client.observe(
+                &m.http.client,
                 &exchange(Method::Other, Outcome::Unrecognised, Some(500)),
                 None,
             );
-        }
+            [server, client]
+        };
+        let [web_server, web_client] = series(&web);
+        let _db = series(&db);
         let before = render(&registry);
         assert!(!samples_of(&before, "web").is_empty());
-        m.remove(&web);
+        web_server.remove_from(&m.http.server);
+        web_client.remove_from(&m.http.client);
         let after = render(&registry);
         assert_eq!(samples_of(&after, "web"), Vec::<&str>::new());
         assert_eq!(samples_of(&after, "db"), samples_of(&before, "db"));
-        assert_eq!(m.pods(), 1);
+        // How many pods have series after a removal is the books' (see `books::tests`).
         // A pod that comes back starts from zero.
-        m.server.add_counts(&web, &counts(1, 1, 0));
+        PodSeries::new(&m.http.server, &web).add_counts(&m.http.server, &counts(1, 1, 0));
         assert!(render(&registry).contains(
             "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 1\n"
         ));
     }
 
+    /// Registers the health collector as `Shared::new` does, reading `reading`.
+    fn with_health(registry: &mut Registry, reading: HealthReading, ring_positions: bool) {
+        registry
+            .sub_registry_with_prefix("podmeter")
+            .register_collector(Box::new(HealthCollector::new(
+                move || Some(reading.clone()),
+                ring_positions,
+            )));
+    }
+
     #[test]
-    fn health_mirrors_the_kernel_and_pipeline_readings() {
+    fn health_families_encode_the_readings_at_each_scrape() {
         let mut registry = Registry::default();
-        let m = Metrics::register(&mut registry, &info());
-        let mut h = Health::default();
-        h.kernel.0[podmeter_common::stat::EVENTS_DROPPED as usize] = 7;
-        h.events_received = 100;
-        h.connections_tracked = 12;
-        h.ring_used_bytes = 4096;
-        m.health.update(&h, 3, 2);
+        let _m = Metrics::register(&mut registry, &info());
+        let mut health = Health::default();
+        health.kernel.events_dropped = 7;
+        health.events_received = 100;
+        health.connections_tracked = 12;
+        health.ring_used_bytes = 4096;
+        health.routes_folded = 2;
+        with_health(&mut registry, HealthReading { health, pods: 3 }, true);
         let text = render(&registry);
         for line in [
             "podmeter_events_dropped_total 7",
@@ -280,12 +279,23 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }
+        for line in [
+            "# TYPE podmeter_events_dropped counter",
+            "# TYPE podmeter_connections_tracked gauge",
+            "# UNIT podmeter_ring_buffer_used_bytes bytes",
+        ] {
+            assert!(
+                render_openmetrics(&registry).lines().any(|l| l == line),
+                "no `{line}`"
+            );
+        }
     }
 
     #[test]
     fn help_texts_need_no_escaping() {
         let mut registry = Registry::default();
         let _m = Metrics::register(&mut registry, &info());
+        with_health(&mut registry, HealthReading::default(), true);
         let text = render(&registry);
         for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
             assert!(
@@ -359,18 +369,21 @@ mod tests {
         let text = std::fs::read_to_string(path).expect("the dashboard is in deploy/grafana");
         let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         let mut registry = Registry::default();
-        let mut m = Metrics::register(&mut registry, &info());
+        let m = Metrics::register(&mut registry, &info());
         // Families without series are not written: give one pod every series.
         let web = PodId::new("shop", "web");
-        for side in [&mut m.server, &mut m.client] {
-            side.add_counts(&web, &counts(2, 1, 1));
-            side.observe(
-                &web,
+        let _series = Side::ALL.map(|side| {
+            let families = m.http.side(side);
+            let mut series = PodSeries::new(families, &web);
+            series.add_counts(families, &counts(2, 1, 1));
+            series.observe(
+                families,
                 &exchange(Method::Get, Outcome::Status(200), Some(800)),
                 None,
             );
-        }
-        m.health.update(&Health::default(), 1, 0);
+            series
+        });
+        with_health(&mut registry, HealthReading::default(), true);
         let exported = exported_names(&render(&registry));
         let mut queries = Vec::new();
         exprs(&dashboard, &mut queries);
