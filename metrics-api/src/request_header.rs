@@ -68,6 +68,7 @@ const EXTRA_PREFIXES_KEY: &str = "requestheader-extra-headers-prefix";
 impl RequestHeaderConfig {
     /// A CA bundle (PEM) and allowed names, with the header names kubeadm configures
     /// (`X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-`).
+    #[cfg(test)]
     pub fn from_pem(client_ca_pem: &[u8], allowed_names: Vec<String>) -> Result<Self, Error> {
         Ok(Self {
             client_ca: parse_certificates(client_ca_pem, "request-header CA bundle")?,

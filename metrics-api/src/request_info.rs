@@ -35,6 +35,7 @@ pub enum Attributes {
 }
 
 impl Attributes {
+    #[cfg(test)]
     pub fn verb(&self) -> &str {
         match self {
             Attributes::Resource(r) => &r.verb,

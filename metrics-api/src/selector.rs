@@ -82,14 +82,6 @@ impl Requirement {
         &self.key
     }
 
-    pub fn operator(&self) -> Operator {
-        self.operator
-    }
-
-    pub fn values(&self) -> &[String] {
-        &self.values
-    }
-
     /// `Requirement.Matches`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let value = labels.get(&self.key);
@@ -176,6 +168,7 @@ impl Selector {
     }
 
     /// `Selector.RequiresExactMatch`: the one value the selector requires for `key`, if any.
+    #[cfg(test)]
     pub fn requires_exact_match(&self, key: &str) -> Option<&str> {
         self.requirements
             .iter()

@@ -108,6 +108,7 @@ impl MemorySource {
     }
 
     /// Replaces one namespace's pods.
+    #[cfg(test)]
     pub fn set_namespace(&self, namespace: impl Into<String>, pods: Vec<PodSample>) {
         self.pods
             .write()

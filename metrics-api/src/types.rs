@@ -402,23 +402,6 @@ pub struct ApiResourceList {
     pub resources: Vec<ApiResource>,
 }
 
-/// `metav1.APIVersions`, the legacy `/api` document (served by kube-apiserver itself, not by an
-/// aggregated server; here for completeness of the discovery types).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ApiVersions {
-    /// `json:"kind,omitempty"` (inline `TypeMeta`; `/api` sets only the kind)
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pub kind: &'static str,
-    /// `json:"apiVersion,omitempty"` (inline `TypeMeta`)
-    #[serde(rename = "apiVersion", skip_serializing_if = "str::is_empty")]
-    pub api_version: &'static str,
-    /// `json:"versions"`
-    pub versions: Vec<String>,
-    /// `json:"serverAddressByClientCIDRs"`: no `omitempty`.
-    #[serde(rename = "serverAddressByClientCIDRs")]
-    pub server_address_by_client_cidrs: Vec<ServerAddressByClientCidr>,
-}
-
 /// JSON as the apiserver writes it: compact, strings escaped like Go's `encoding/json` (`<`,
 /// `>`, `&`, U+2028 and U+2029 as `\u` escapes), and a trailing newline (`json.Encoder`).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {

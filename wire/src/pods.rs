@@ -5,7 +5,8 @@ use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
-/// The whole answer.
+/// The whole answer. Readers accept answers of agents older or newer than themselves (a rolling
+/// upgrade): what is not about the pod and its inbound rate reads as empty when absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PodsReply {
     /// Length of the window behind every `rate`.
@@ -13,6 +14,7 @@ pub struct PodsReply {
     /// Sorted by namespace, then name.
     pub pods: Vec<PodReply>,
     /// Sockets in the observed cgroup tree that belong to no pod.
+    #[serde(default)]
     pub unattributed: UnattributedReply,
 }
 
@@ -22,18 +24,24 @@ pub struct PodReply {
     pub namespace: String,
     pub name: String,
     /// The pod's UID with the Kubernetes identity; `null` when the source does not know it.
+    #[serde(default)]
     pub uid: Option<String>,
     /// The owning workload (`{"kind": "Deployment", "name": "web"}`) with the Kubernetes
     /// identity; `null` when the source does not know it.
+    #[serde(default)]
     pub workload: Option<Workload>,
     /// Requests this pod served: the per-pod QPS counts these.
     pub inbound: FlowReply,
     /// Requests this pod sent.
+    #[serde(default)]
     pub outbound: FlowReply,
     /// Requests served to a peer inside the pod (over loopback); not part of `inbound`.
+    #[serde(default)]
     pub loopback_inbound: FlowReply,
     /// Requests sent to a peer inside the pod (over loopback); not part of `outbound`.
+    #[serde(default)]
     pub loopback_outbound: FlowReply,
+    #[serde(default)]
     pub observed: ObservedReply,
 }
 
@@ -56,7 +64,7 @@ impl Workload {
 /// Exact totals of one flow, its rate (requests per second over the window) and the quantiles of
 /// its request durations over the same window (`null` without paired exchanges in it, and for
 /// sockets of no pod).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FlowReply {
     #[serde(flatten)]
     pub totals: FlowTotals,
@@ -70,6 +78,7 @@ pub struct FlowReply {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTotals {
     pub requests: u64,
+    #[serde(default)]
     pub responses: StatusCounts,
 }
 
@@ -137,7 +146,7 @@ pub struct Observed {
 }
 
 /// The flows of sockets that belong to no pod.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnattributedReply {
     pub inbound: FlowReply,
     pub outbound: FlowReply,
@@ -208,6 +217,16 @@ mod tests {
             serde_json::from_str::<PodsReply>(&text).expect("parses"),
             reply
         );
+    }
+
+    #[test]
+    fn an_answer_with_only_what_the_metrics_api_reads_is_accepted() {
+        let reply: PodsReply = serde_json::from_str(
+            r#"{"rate_window_seconds":5,"pods":[{"namespace":"shop","name":"web-1","inbound":{"requests":3,"rate":1.5}}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(reply.pods[0].inbound.rate, 1.5);
+        assert_eq!(reply.pods[0].outbound, FlowReply::default());
     }
 
     #[test]

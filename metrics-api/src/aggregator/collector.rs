@@ -10,10 +10,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Deserialize;
+use podmeter_wire::PodsReply;
 use tokio::{sync::watch as channel, task::JoinSet};
 
-use super::{error::FetchError, labels::PodLabels};
+use super::{agent_client::AgentClient, labels::PodLabels};
 use crate::{
     HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
 };
@@ -29,60 +29,12 @@ pub struct Timing {
     pub staleness: Duration,
 }
 
-/// The part of an agent's `/v1/pods` answer the metrics API serves.
-#[derive(Clone, Debug, Deserialize)]
-pub struct PodsReply {
-    pub rate_window_seconds: u32,
-    pub pods: Vec<PodEntry>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct PodEntry {
-    pub namespace: String,
-    pub name: String,
-    pub inbound: Flow,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Flow {
-    /// Requests per second over the agent's rate window.
-    pub rate: f64,
-    /// Request duration quantiles over the same window; absent or `null` without exchanges (and
-    /// from agents older than this field).
-    #[serde(default)]
-    pub duration: Option<Durations>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Durations {
-    pub p95_seconds: f64,
-}
-
 /// One agent's last good answer.
 #[derive(Clone, Debug)]
 struct Answer {
     received: Instant,
     timestamp: SystemTime,
     reply: PodsReply,
-}
-
-/// Reads `GET {url}/v1/pods` (blocking; run it off the async threads), with `token` as the
-/// bearer token when given.
-pub fn fetch(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<PodsReply, FetchError> {
-    let wrap = |source| FetchError {
-        url: url.to_owned(),
-        source,
-    };
-    let mut request = agent.get(&format!("{url}/v1/pods"));
-    if let Some(token) = token {
-        request = request.header("Authorization", &format!("Bearer {token}"));
-    }
-    request
-        .call()
-        .map_err(wrap)?
-        .body_mut()
-        .read_json()
-        .map_err(wrap)
 }
 
 /// The answers still fresh at `now`, as the metrics API's pods by namespace. A pod two agents
@@ -157,10 +109,8 @@ pub async fn run(
     timing: Timing,
     token_file: Option<PathBuf>,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timing.timeout))
-        .build()
-        .into();
+    // One client for every collection, so connections to the agents are kept alive.
+    let client = AgentClient::new(timing.timeout);
     let mut answers: HashMap<String, Answer> = HashMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
     let mut ticker = tokio::time::interval(timing.interval);
@@ -178,10 +128,10 @@ pub async fn run(
         let token = read_token(token_file.as_deref());
         let mut reads = JoinSet::new();
         for url in targets {
-            let agent = agent.clone();
+            let client = client.clone();
             let token = token.clone();
-            reads.spawn_blocking(move || {
-                let reply = fetch(&agent, &url, token.as_deref());
+            reads.spawn(async move {
+                let reply = client.pods(&url, token.as_deref()).await;
                 (url, reply)
             });
         }
@@ -220,26 +170,59 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use podmeter_wire::{
+        DurationSummary, FlowReply, FlowTotals, ObservedReply, PodReply, UnattributedReply,
+    };
+
     use super::*;
+
+    fn flow(rate: f64, duration: Option<DurationSummary>) -> FlowReply {
+        FlowReply {
+            totals: FlowTotals::default(),
+            rate,
+            duration,
+        }
+    }
+
+    fn pod(namespace: &str, name: &str, inbound: FlowReply) -> PodReply {
+        PodReply {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: None,
+            workload: None,
+            inbound,
+            outbound: flow(0.0, None),
+            loopback_inbound: flow(0.0, None),
+            loopback_outbound: flow(0.0, None),
+            observed: ObservedReply::default(),
+        }
+    }
+
+    fn reply(rate_window_seconds: u32, pods: Vec<PodReply>) -> PodsReply {
+        PodsReply {
+            rate_window_seconds,
+            pods,
+            unattributed: UnattributedReply {
+                inbound: flow(0.0, None),
+                outbound: flow(0.0, None),
+                loopback_inbound: flow(0.0, None),
+                loopback_outbound: flow(0.0, None),
+                observed_inbound: Default::default(),
+                observed_outbound: Default::default(),
+            },
+        }
+    }
 
     fn answer(received: Instant, pods: &[(&str, &str, f64)]) -> Answer {
         Answer {
             received,
             timestamp: SystemTime::now(),
-            reply: PodsReply {
-                rate_window_seconds: 10,
-                pods: pods
-                    .iter()
-                    .map(|&(namespace, name, rate)| PodEntry {
-                        namespace: namespace.into(),
-                        name: name.into(),
-                        inbound: Flow {
-                            rate,
-                            duration: None,
-                        },
-                    })
+            reply: reply(
+                10,
+                pods.iter()
+                    .map(|&(namespace, name, rate)| pod(namespace, name, flow(rate, None)))
                     .collect(),
-            },
+            ),
         }
     }
 
@@ -276,22 +259,20 @@ mod tests {
 
     #[test]
     fn the_p95_duration_is_served_for_pods_with_exchanges_in_the_window() {
-        // The fields of an agent's `/v1/pods` the collector reads, among others it ignores.
-        let reply: PodsReply = serde_json::from_value(serde_json::json!({
-            "rate_window_seconds": 30,
-            "pods": [
-                {"namespace": "shop", "name": "busy", "workload": null,
-                 "inbound": {"requests": 300, "rate": 10.0,
-                             "duration": {"exchanges": 300, "p50_seconds": 0.0051,
-                                          "p90_seconds": 0.0102, "p95_seconds": 0.0503,
-                                          "p99_seconds": 0.1007}},
-                 "outbound": {"requests": 0, "rate": 0.0, "duration": null}},
-                {"namespace": "shop", "name": "idle",
-                 "inbound": {"requests": 0, "rate": 0.0, "duration": null}}
+        let busy = DurationSummary {
+            exchanges: 300,
+            p50_seconds: 0.0051,
+            p90_seconds: 0.0102,
+            p95_seconds: 0.0503,
+            p99_seconds: 0.1007,
+        };
+        let reply = reply(
+            30,
+            vec![
+                pod("shop", "busy", flow(10.0, Some(busy))),
+                pod("shop", "idle", flow(0.0, None)),
             ],
-            "unattributed": {}
-        }))
-        .expect("an agent reply");
+        );
         let now = Instant::now();
         let answers = HashMap::from([(
             "http://a".to_owned(),

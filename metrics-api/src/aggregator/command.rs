@@ -29,7 +29,7 @@ const CERT_CHECK: Duration = Duration::from_secs(5);
 
 /// What `podmeter metrics-api` was asked to do.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where the TLS server listens.
     pub listen: SocketAddr,
     pub tls_cert_file: PathBuf,
@@ -93,7 +93,7 @@ pub struct Args {
 
 impl Args {
     /// The configuration these flags describe.
-    pub fn config(self) -> Result<Config, Error> {
+    fn config(self) -> Result<Config, Error> {
         let interval = Duration::from_millis(self.collect_interval_ms);
         let agent_service = self
             .agent_service
@@ -123,12 +123,15 @@ impl Args {
 }
 
 /// `podmeter metrics-api` with `args`.
-pub fn run_args(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub fn run_args(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     run(args.config()?, shutdown)
 }
 
 /// Parses `NAMESPACE/NAME` for `--agent-service`.
-pub fn parse_service(value: &str, port_name: Option<String>) -> Result<AgentService, Error> {
+fn parse_service(value: &str, port_name: Option<String>) -> Result<AgentService, Error> {
     match value.split_once('/') {
         Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(AgentService {
             namespace: namespace.into(),
@@ -140,7 +143,7 @@ pub fn parse_service(value: &str, port_name: Option<String>) -> Result<AgentServ
 }
 
 /// Runs the process on its own runtime until `shutdown` completes.
-pub fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,7 +156,7 @@ pub fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) 
 }
 
 /// Serves until `shutdown` completes; `on_listening` gets the bound address.
-pub async fn serve(
+async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
     on_listening: impl FnOnce(SocketAddr),

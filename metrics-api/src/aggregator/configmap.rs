@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
-use podmeter_kube::watch::{self, Selectors};
+use podmeter_kube::watch::{self, Watch};
 
 use super::Error;
 use crate::{RequestHeaderAuth, RequestHeaderConfig};
@@ -30,27 +30,29 @@ pub async fn read(client: Client) -> Result<RequestHeaderConfig, Error> {
 /// Applies every change of the ConfigMap to `auth`; runs forever. An unusable new version is
 /// logged and the previous configuration stays.
 pub async fn watch(client: Client, auth: RequestHeaderAuth) {
-    let selectors = Selectors {
-        labels: None,
-        fields: Some(format!("metadata.name={NAME}")),
-    };
     let mut last = None;
-    watch::run(api(client), selectors, "configmap", |maps| {
-        let Some(map) = maps.first() else {
-            tracing::warn!("ConfigMap {NAMESPACE}/{NAME} is gone; keeping the last configuration");
-            return;
-        };
-        let data = map.data.clone().unwrap_or_default();
-        if last.as_ref() == Some(&data) {
-            return;
-        }
-        match RequestHeaderConfig::from_configmap_data(&data).and_then(|c| auth.update(c)) {
-            Ok(()) => {
-                tracing::info!("request-header configuration updated");
-                last = Some(data);
+    let watch = Watch::<ConfigMap>::new("configmap")
+        .fields(&format!("metadata.name={NAME}"))
+        .on_change(move |_, maps| {
+            let Some(map) = maps.state().into_iter().next() else {
+                tracing::warn!(
+                    "ConfigMap {NAMESPACE}/{NAME} is gone; keeping the last configuration"
+                );
+                return;
+            };
+            let data = map.data.clone().unwrap_or_default();
+            if last.as_ref() == Some(&data) {
+                return;
             }
-            Err(error) => tracing::warn!(%error, "unusable request-header configuration"),
-        }
-    })
-    .await;
+            match RequestHeaderConfig::from_configmap_data(&data).and_then(|c| auth.update(c)) {
+                Ok(()) => {
+                    tracing::info!("request-header configuration updated");
+                    last = Some(data);
+                }
+                Err(error) => tracing::warn!(%error, "unusable request-header configuration"),
+            }
+        });
+    // Only the callback reads the store.
+    let (_, watching) = watch::reflect(api(client), watch);
+    watching.await;
 }

@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource};
 use serde::Deserialize;
 use tokio::sync::watch as channel;
 
-use podmeter_kube::watch::{self, Selectors};
+use podmeter_kube::watch::{self, Watch};
 
 /// The agents' Service and which of its ports serves the agent API.
 #[derive(Clone, Debug)]
@@ -123,43 +123,55 @@ async fn serves_v1(client: &Client) -> bool {
 }
 
 impl AgentService {
-    fn selectors(&self) -> Selectors {
-        Selectors {
-            labels: Some(format!("kubernetes.io/service-name={}", self.name)),
-            fields: None,
-        }
+    /// The watch of the Service's EndpointSlices, in either API version.
+    fn slices<K>(&self) -> Watch<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        Watch::new("endpointslices").labels(&format!("kubernetes.io/service-name={}", self.name))
     }
 
     /// Publishes the Service's agent URLs on `targets` whenever its EndpointSlices change; runs
     /// forever.
     pub async fn watch(self, client: Client, targets: channel::Sender<BTreeSet<String>>) {
-        let publish = |urls: BTreeSet<String>| {
-            targets.send_if_modified(|current| {
-                let changed = *current != urls;
-                if changed {
-                    tracing::info!(agents = urls.len(), "node agents discovered");
-                    current.clone_from(&urls);
-                }
-                changed
-            });
-        };
-        let port_name = self.port_name.as_deref();
+        let port_name = self.port_name.clone();
         if serves_v1(&client).await {
             let api: Api<EndpointSlice> = Api::namespaced(client, &self.namespace);
-            watch::run(api, self.selectors(), "endpointslices", |slices| {
-                publish(agent_urls(slices.iter().map(AsRef::as_ref), port_name));
-            })
-            .await;
+            let watch = self.slices().on_change(move |_, slices| {
+                let slices = slices.state();
+                let urls = agent_urls(slices.iter().map(AsRef::as_ref), port_name.as_deref());
+                publish(&targets, urls);
+            });
+            // Only the callback reads the store.
+            let (_, watching) = watch::reflect(api, watch);
+            watching.await;
         } else {
             tracing::info!("the API server serves EndpointSlices as discovery.k8s.io/v1beta1");
             let api: Api<EndpointSliceV1Beta1> = Api::namespaced(client, &self.namespace);
-            watch::run(api, self.selectors(), "endpointslices", |slices| {
-                let slices: Vec<EndpointSlice> = slices.iter().map(|s| s.as_ref().into()).collect();
-                publish(agent_urls(&slices, port_name));
-            })
-            .await;
+            let watch = self
+                .slices::<EndpointSliceV1Beta1>()
+                .on_change(move |_, slices| {
+                    let slices: Vec<EndpointSlice> =
+                        slices.state().iter().map(|s| s.as_ref().into()).collect();
+                    publish(&targets, agent_urls(&slices, port_name.as_deref()));
+                });
+            // Only the callback reads the store.
+            let (_, watching) = watch::reflect(api, watch);
+            watching.await;
         }
     }
+}
+
+/// Sends `urls` on `targets` when they differ from the last ones sent.
+fn publish(targets: &channel::Sender<BTreeSet<String>>, urls: BTreeSet<String>) {
+    targets.send_if_modified(|current| {
+        let changed = *current != urls;
+        if changed {
+            tracing::info!(agents = urls.len(), "node agents discovered");
+            *current = urls;
+        }
+        changed
+    });
 }
 
 #[cfg(test)]

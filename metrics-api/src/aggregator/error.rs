@@ -39,11 +39,3 @@ pub enum Error {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
-
-/// Why one collection from one node agent failed.
-#[derive(Debug, thiserror::Error)]
-#[error("GET {url}/v1/pods: {source}")]
-pub struct FetchError {
-    pub url: String,
-    pub source: ureq::Error,
-}

@@ -1,19 +1,13 @@
 //! Pod labels by namespace and name, from a metadata-only watch of every Pod: the node agents know
 //! pods only by name, and the HPA selects them by label.
 
-use std::pin::pin;
-
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt as _,
     core::PartialObjectMeta,
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, ObjectRef, Store},
-        watcher,
-    },
+    runtime::reflector::{self, ObjectRef, Store},
 };
+use podmeter_kube::watch::{self, Watch};
 
 /// A pod's labels.
 pub type Labels = std::collections::BTreeMap<String, String>;
@@ -54,24 +48,12 @@ impl PodLabels {
     /// forever, relisting with backoff after errors). Only metadata is watched, and of it only
     /// what `get` needs is kept.
     pub fn watched(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (pods, writer) = reflector::store();
         // Metadata-only lists and watches: the pods' specs and statuses are never transferred.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|pod| {
-                pod.metadata.managed_fields = None;
-                pod.metadata.annotations = None;
-            })
-            .reflect(writer);
-        let watch = async move {
-            let mut stream = pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    tracing::warn!(%error, what = "pods", "watch failed; retrying");
-                }
-            }
-        };
+        let watch = Watch::new("pods").trim(|pod: &mut PartialObjectMeta<Pod>| {
+            pod.metadata.annotations = None;
+        });
+        let (pods, watch) = watch::reflect(api, watch);
         (Self { pods }, watch)
     }
 }

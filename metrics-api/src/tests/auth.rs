@@ -12,8 +12,12 @@ use tower::ServiceExt as _;
 
 use super::{fixture::fixture, pki::Ca};
 use crate::{
-    ApiOptions, Attributes, AuthorizeError, Authorizer, PeerCertificates, RequestHeaderAuth,
-    RequestHeaderConfig, ResourceAttributes, UserInfo, protect, router,
+    ApiOptions, RequestHeaderAuth, RequestHeaderConfig,
+    authorizer::{AuthorizeError, Authorizer},
+    protect,
+    request_header::{PeerCertificates, UserInfo},
+    request_info::{Attributes, ResourceAttributes},
+    router,
 };
 
 /// Allows the users it is given, denies the rest, or fails; remembers every question.

@@ -14,8 +14,10 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use serde_json::{Value, json};
 
 use crate::{
-    Attributes, AuthorizeError, Authorizer, NonResourceAttributes, ResourceAttributes, ReviewCache,
-    SubjectAccessReviewAuthorizer, UserInfo, review_spec,
+    ReviewCache, SubjectAccessReviewAuthorizer,
+    authorizer::{AuthorizeError, Authorizer, review_spec},
+    request_header::UserInfo,
+    request_info::{Attributes, NonResourceAttributes, ResourceAttributes},
 };
 
 #[derive(Clone, Default)]

@@ -27,8 +27,8 @@ use super::{
     pki::{Ca, Leaf},
 };
 use crate::{
-    ApiOptions, RequestHeaderAuth, RequestHeaderConfig, ServingCertificate, crypto_provider,
-    protect, router, serve, server_config,
+    ApiOptions, RequestHeaderAuth, RequestHeaderConfig, ServingCertificate, protect, router, serve,
+    server_config, tls::crypto_provider,
 };
 
 struct Server {

@@ -213,17 +213,4 @@ fn discovery_documents() {
         json(&resource),
         "{\"name\":\"pods/http_requests_per_second\",\"singularName\":\"\",\"namespaced\":true,\"kind\":\"MetricValueList\",\"verbs\":[\"get\"]}\n"
     );
-    let versions = ApiVersions {
-        kind: "APIVersions",
-        api_version: "",
-        versions: vec!["v1".into()],
-        server_address_by_client_cidrs: vec![ServerAddressByClientCidr {
-            client_cidr: "0.0.0.0/0".into(),
-            server_address: "10.0.0.1:6443".into(),
-        }],
-    };
-    assert_eq!(
-        json(&versions),
-        "{\"kind\":\"APIVersions\",\"versions\":[\"v1\"],\"serverAddressByClientCIDRs\":[{\"clientCIDR\":\"0.0.0.0/0\",\"serverAddress\":\"10.0.0.1:6443\"}]}\n"
-    );
 }

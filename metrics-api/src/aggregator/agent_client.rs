@@ -1,0 +1,120 @@
+//! Reading one node agent's `/v1/pods`: an async HTTP/1.1 client whose keep-alive connections
+//! are pooled across collections, each read bounded by a timeout. The agents speak plain http;
+//! https would be a connector change here.
+
+use std::{fmt, time::Duration};
+
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{self, Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use podmeter_wire::PodsReply;
+
+/// A bound on one reply (ureq's `read_json` had the same); a node's pods take far less.
+const MAX_REPLY_BYTES: usize = 10 * 1024 * 1024;
+
+/// The node agents' API, over connections kept alive between collections.
+#[derive(Clone, Debug)]
+pub(super) struct AgentClient {
+    http: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    /// A client that gives each read `timeout` in all (connecting, the request, the reply).
+    pub(super) fn new(timeout: Duration) -> Self {
+        let http = Client::builder(TokioExecutor::new())
+            // Evicts idle connections of agents that went away.
+            .pool_timer(TokioTimer::new())
+            .build_http();
+        Self { http, timeout }
+    }
+
+    /// `GET {url}/v1/pods`, with `token` as the bearer token when given.
+    pub(super) async fn pods(
+        &self,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<PodsReply, FetchError> {
+        let wrap = |failure| FetchError {
+            url: url.to_owned(),
+            failure,
+        };
+        tokio::time::timeout(self.timeout, self.get_pods(url, token))
+            .await
+            .map_err(|_| wrap(Failure::Timeout(self.timeout)))?
+            .map_err(wrap)
+    }
+
+    async fn get_pods(&self, url: &str, token: Option<&str>) -> Result<PodsReply, Failure> {
+        let mut request = Request::get(format!("{url}/v1/pods"));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::new()).map_err(Failure::Request)?;
+        let response = self.http.request(request).await.map_err(Failure::Send)?;
+        if !response.status().is_success() {
+            return Err(Failure::Status(response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(Failure::Body)?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(Failure::Json)
+    }
+}
+
+/// Why one collection from one node agent failed.
+#[derive(Debug, thiserror::Error)]
+#[error("GET {url}/v1/pods: {failure}")]
+pub(super) struct FetchError {
+    url: String,
+    #[source]
+    failure: Failure,
+}
+
+/// What went wrong in one read.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("not a valid request (the agent URL?): {0}")]
+    Request(#[source] http::Error),
+
+    // hyper-util's own message names only the kind ("client error (Connect)"), so its causes
+    // are part of this one.
+    #[error("{}", Causes(.0))]
+    Send(legacy::Error),
+
+    #[error("HTTP {0}")]
+    Status(StatusCode),
+
+    #[error("reading the reply: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+
+    #[error("not a /v1/pods reply: {0}")]
+    Json(#[source] serde_json::Error),
+}
+
+/// An error and its causes, `: `-separated.
+struct Causes<'a>(&'a dyn std::error::Error);
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The client against a local stand-in for an agent: the reply, the bearer token, one kept-alive
+//! connection for several reads, and errors that name the URL.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{Json, Router, http::HeaderMap, routing::get};
+use podmeter_wire::{FlowReply, FlowTotals, Observed, UnattributedReply};
+use tokio::net::TcpListener;
+
+use super::*;
+
+fn empty_reply() -> PodsReply {
+    let flow = FlowReply {
+        totals: FlowTotals::default(),
+        rate: 0.0,
+        duration: None,
+    };
+    PodsReply {
+        rate_window_seconds: 30,
+        pods: Vec::new(),
+        unattributed: UnattributedReply {
+            inbound: flow.clone(),
+            outbound: flow.clone(),
+            loopback_inbound: flow.clone(),
+            loopback_outbound: flow,
+            observed_inbound: Observed::default(),
+            observed_outbound: Observed::default(),
+        },
+    }
+}
+
+/// Serves `/v1/pods` to callers with token `t` on a local port; returns its URL and the count
+/// of connections it accepted.
+async fn agent() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    let app = Router::new().route(
+        "/v1/pods",
+        get(|headers: HeaderMap| async move {
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer t") {
+                Ok(Json(empty_reply()))
+            } else {
+                Err(StatusCode::UNAUTHORIZED)
+            }
+        }),
+    );
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::Relaxed);
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn reads_the_reply_with_the_token_over_one_kept_alive_connection() {
+    let (url, connections) = agent().await;
+    let client = AgentClient::new(Duration::from_secs(5));
+    for _ in 0..3 {
+        let reply = client.pods(&url, Some("t")).await.expect("a reply");
+        assert_eq!(reply, empty_reply());
+    }
+    assert_eq!(connections.load(Ordering::Relaxed), 1, "kept alive");
+
+    let error = client.pods(&url, None).await.expect_err("no token");
+    assert_eq!(
+        error.to_string(),
+        format!("GET {url}/v1/pods: HTTP 401 Unauthorized")
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_answer_times_out() {
+    // Accepts connections (the backlog) but never reads them.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    let client = AgentClient::new(Duration::from_millis(100));
+    let error = client.pods(&url, None).await.expect_err("no answer");
+    assert_eq!(
+        error.to_string(),
+        format!("GET {url}/v1/pods: no reply within 100ms")
+    );
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_refused_connection_names_the_url_and_the_cause() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    drop(listener);
+    let error = AgentClient::new(Duration::from_secs(5))
+        .pods(&url, None)
+        .await
+        .expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("GET {url}/v1/pods: ")),
+        "{message}"
+    );
+    assert!(message.contains("refused"), "the OS's reason: {message}");
+}
