@@ -107,22 +107,84 @@ pub struct HttpEvent {
     pub status_class: u16,
     /// HTTP status code for responses, 0 otherwise.
     pub status: u32,
-    /// `AF_INET` (2) or `AF_INET6` (10).
-    pub family: u32,
     /// Number of valid bytes in `head`.
     pub head_len: u32,
-    /// Local address; IPv4 in the first 4 bytes.
-    pub local_addr: [u8; 16],
-    /// Remote address; IPv4 in the first 4 bytes.
-    pub remote_addr: [u8; 16],
-    /// Local TCP port, host order.
-    pub local_port: u16,
-    /// Remote TCP port, host order.
-    pub remote_port: u16,
-    /// TCP sequence number of the segment.
-    pub seq: u32,
+    /// Always 0: makes the padding before `head` explicit.
+    pub _reserved: u32,
     /// The first bytes of the request (request events only).
     pub head: [u8; HEAD_LEN],
+}
+
+/// Phases of [`Connection::phase`].
+pub mod phase {
+    /// A request may start.
+    pub const IDLE: u32 = 0;
+    /// A request was counted; its response has not come yet.
+    pub const AWAITING_RESPONSE: u32 = 1;
+    /// The connection switched protocols (101): no longer parsed.
+    pub const UPGRADED: u32 = 2;
+}
+
+/// Bits of [`Connection::flags`].
+pub mod connection_flag {
+    /// `req_seq` holds the sequence number of the last counted request start.
+    pub const REQ_SEQ: u32 = 1;
+    /// `resp_seq` holds the sequence number of the last response start.
+    pub const RESP_SEQ: u32 = 2;
+    /// Response-direction data that is not an interim response arrived while awaiting a
+    /// response: the server answered, even if its status line was not recognised.
+    pub const RESPONSE_DATA: u32 = 4;
+}
+
+/// Value of the kernel's connection table ([`names::CONNECTIONS`], keyed by socket cookie):
+/// the HTTP state of one connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// cgroup of the socket, set at the first request (sock_ops does not know it).
+    pub cgroup_id: u64,
+    /// [`role`] of the socket.
+    pub role: u32,
+    /// [`phase`] of the current exchange.
+    pub phase: u32,
+    /// [`peer`] class, set with `cgroup_id`.
+    pub peer: u16,
+    /// Always 0: makes the padding before `flags` explicit.
+    pub _reserved: u16,
+    /// [`connection_flag`] bits.
+    pub flags: u32,
+    /// Sequence number of the last counted request start (valid with `REQ_SEQ`).
+    pub req_seq: u32,
+    /// Sequence number of the last response start (valid with `RESP_SEQ`).
+    pub resp_seq: u32,
+}
+
+impl Connection {
+    /// A connection with no exchange yet.
+    #[inline(always)]
+    pub const fn new(role: u32) -> Self {
+        Self {
+            cgroup_id: 0,
+            role,
+            phase: phase::IDLE,
+            peer: peer::REMOTE,
+            _reserved: 0,
+            flags: 0,
+            req_seq: 0,
+            resp_seq: 0,
+        }
+    }
+
+    /// The key of this connection's `counter`.
+    #[inline(always)]
+    pub const fn count_key(&self, counter: u16) -> CountKey {
+        CountKey {
+            cgroup_id: self.cgroup_id,
+            role: self.role,
+            peer: self.peer,
+            counter,
+        }
+    }
 }
 
 /// Indexes into the agent's per-CPU `STATS` array: what the kernel side did and what it lost.
@@ -155,12 +217,14 @@ pub mod stat {
     pub const SLOTS: u32 = 11;
 }
 
-/// Names of the kernel maps and programs, shared so both sides spell them the same.
+/// Names of the kernel maps and programs, shared so both sides spell them the same. The kernel
+/// side checks at compile time that its maps and programs carry these names.
 pub mod names {
     pub const COUNTS: &str = "COUNTS";
     pub const CONNECTIONS: &str = "CONNECTIONS";
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
+    pub const PENDING: &str = "PENDING";
     pub const INGRESS: &str = "podmeter_ingress";
     pub const EGRESS: &str = "podmeter_egress";
     pub const SOCK_OPS: &str = "podmeter_sock_ops";
@@ -171,4 +235,12 @@ mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::CountKey {}
     unsafe impl aya::Pod for super::HttpEvent {}
+    unsafe impl aya::Pod for super::Connection {}
 }
+
+// No implicit padding: each size is the sum of its fields' sizes.
+const _: () = {
+    assert!(size_of::<CountKey>() == 8 + 4 + 2 + 2);
+    assert!(size_of::<HttpEvent>() == 3 * 8 + 5 * 4 + 2 * 2 + HEAD_LEN);
+    assert!(size_of::<Connection>() == 8 + 5 * 4 + 2 * 2);
+};

@@ -2,10 +2,17 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use podmeter_common::{CountKey, HttpEvent, stat};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_ns,
+    programs::SkBuffContext,
+};
+use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, stat};
 
-use crate::maps::{COUNTS, EVENTS, STATS};
+use crate::{
+    http::PREFIX,
+    maps::{COUNTS, EVENTS, STATS},
+};
 
 /// The reader is woken once per this many bytes of unread events; it also drains on a short
 /// timer, so one wake-up serves hundreds of events instead of one each.
@@ -46,15 +53,76 @@ pub fn count(key: &CountKey) {
     }
 }
 
-/// Reserves an event, lets `fill` write it, and submits it; counts it as dropped when the ring is
-/// full. Returns nothing: the counters, not the events, are the source of truth.
+/// What every event carries; [`emit`] writes it.
+pub struct Header {
+    /// When the segment was seen ([`now`]), or when a parked request was.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// `podmeter_common::event_kind`.
+    pub kind: u32,
+    pub role: u32,
+    pub peer: u16,
+    /// Response events only; 0 otherwise.
+    pub status_class: u16,
+    /// Response events only; 0 otherwise.
+    pub status: u32,
+}
+
+/// Where the head of a request event comes from. An enum, not a closure: a closure that copies
+/// packet bytes was not inlined, and as a BPF subprogram its stack added to the caller's went past
+/// the verifier's 512 bytes.
+pub enum Head<'a> {
+    /// Not a request: no head.
+    None,
+    /// The request's segment: `len` payload bytes at `off`.
+    Payload {
+        ctx: &'a SkBuffContext,
+        off: u32,
+        len: u32,
+    },
+    /// The prefix of a request parked on a listener (see `handshake`).
+    Parked(&'a [u8; PREFIX]),
+}
+
+/// The clock of event timestamps (CLOCK_MONOTONIC).
 #[inline(always)]
-pub fn emit(fill: impl FnOnce(*mut HttpEvent)) {
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The one place events are written: reserves an event, writes `header` and the request's
+/// `head`, and submits it; counts it as dropped when the ring is full. Returns nothing: the
+/// counters, not the events, are the source of truth.
+#[inline(always)]
+pub fn emit(header: &Header, head: Head<'_>) {
     let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;
     };
-    fill(entry.as_mut_ptr());
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reserved ring buffer entry; every field but `head` is written here, and
+    // userspace reads only the `head_len` bytes of `head` written here.
+    unsafe {
+        (*ev).ts_ns = header.ts_ns;
+        (*ev).cookie = header.cookie;
+        (*ev).cgroup_id = header.cgroup_id;
+        (*ev).kind = header.kind;
+        (*ev).role = header.role;
+        (*ev).peer = header.peer;
+        (*ev).status_class = header.status_class;
+        (*ev).status = header.status;
+        (*ev)._reserved = 0;
+        (*ev).head_len = match head {
+            Head::None => 0,
+            Head::Payload { ctx, off, len } => copy_head(ctx, off, len, &mut (*ev).head),
+            Head::Parked(prefix) => {
+                (&mut (*ev).head)[..PREFIX].copy_from_slice(prefix);
+                PREFIX as u32
+            }
+        };
+    }
     // Unread bytes, this event included: wake the reader only on the event that takes them past
     // a multiple of WAKEUP_BYTES. Waking on every event past the first multiple cost a self-IPI
     // per event (about 400 ns) until the reader ran. A crossing missed to a race between CPUs
@@ -68,3 +136,33 @@ pub fn emit(fill: impl FnOnce(*mut HttpEvent)) {
     entry.submit(u64::from(flags));
     bump(stat::EVENTS_SENT);
 }
+
+/// Copies the start of the payload into `head`: the largest fixed-size chunk that fits, because
+/// the verifier rejects a variable-length `bpf_skb_load_bytes` whose length it cannot bound.
+#[inline(always)]
+fn copy_head(ctx: &SkBuffContext, off: u32, len: u32, head: &mut [u8; HEAD_LEN]) -> u32 {
+    macro_rules! chunk {
+        ($n:literal) => {
+            if len >= $n {
+                return match ctx.load::<[u8; $n]>(off as usize) {
+                    Ok(bytes) => {
+                        head[..$n].copy_from_slice(&bytes);
+                        $n
+                    }
+                    Err(_) => 0,
+                };
+            }
+        };
+    }
+    chunk!(96);
+    chunk!(64);
+    chunk!(48);
+    chunk!(32);
+    chunk!(24);
+    chunk!(16);
+    chunk!(8);
+    chunk!(4);
+    0
+}
+
+const _: () = assert!(PREFIX <= HEAD_LEN);

@@ -9,17 +9,16 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_ANY, bpf_sock_ops},
-    helpers::generated::{bpf_ktime_get_ns, bpf_sk_fullsock},
+    helpers::generated::bpf_sk_fullsock,
     programs::{SkBuffContext, SockOpsContext},
 };
-use podmeter_common::{HEAD_LEN, event_kind, role, stat};
+use podmeter_common::{Connection, connection_flag as flag, event_kind, phase, role, stat};
 
 use crate::{
-    accounting::{bump, emit},
+    accounting::{Head, Header, bump, emit, now},
     http::PREFIX,
     maps::{CONNECTIONS, PENDING},
     packet::{AF_INET, AF_INET6, Segment},
-    state::{Connection, flag, phase},
 };
 
 const TCP_LISTEN: u32 = 10;
@@ -41,7 +40,6 @@ pub struct Pending {
     pub req_seq: u32,
     pub peer: u16,
     pub _reserved: u16,
-    pub local: [u8; 16],
     pub prefix: [u8; PREFIX],
 }
 
@@ -78,13 +76,11 @@ pub fn park(seg: &Segment, prefix: &[u8; PREFIX], cgroup_id: u64, peer: u16) -> 
         return false;
     }
     let pending = Pending {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now(),
         cgroup_id,
         req_seq: seg.seq,
         peer,
         _reserved: 0,
-        local: seg.dst,
         prefix: *prefix,
     };
     let _ = PENDING.insert(&key, &pending, u64::from(BPF_ANY));
@@ -157,30 +153,16 @@ pub fn adopt(ctx: &SockOpsContext, cookie: u64) -> bool {
         bump(stat::CONNECTION_TABLE_FULL);
         return false;
     }
-    emit(|ev| {
-        // SAFETY: `ev` is a reserved ring buffer entry; every field is written.
-        unsafe {
-            ev.write(core::mem::zeroed());
-            (*ev).ts_ns = p.ts_ns;
-            (*ev).cookie = cookie;
-            (*ev).cgroup_id = p.cgroup_id;
-            (*ev).kind = event_kind::REQUEST;
-            (*ev).role = role::SERVER;
-            (*ev).peer = p.peer;
-            (*ev).family = family;
-            (*ev).local_addr = p.local;
-            (*ev).remote_addr = remote;
-            (*ev).local_port = key.local_port;
-            (*ev).remote_port = remote_port;
-            (*ev).seq = p.req_seq;
-            core::ptr::copy_nonoverlapping(
-                p.prefix.as_ptr(),
-                (&raw mut (*ev).head).cast::<u8>(),
-                PREFIX,
-            );
-            (*ev).head_len = PREFIX as u32;
-        }
-    });
-    const _: () = assert!(PREFIX <= HEAD_LEN);
+    let header = Header {
+        ts_ns: p.ts_ns,
+        cookie,
+        cgroup_id: p.cgroup_id,
+        kind: event_kind::REQUEST,
+        role: role::SERVER,
+        peer: p.peer,
+        status_class: 0,
+        status: 0,
+    };
+    emit(&header, Head::Parked(&p.prefix));
     true
 }

@@ -25,9 +25,12 @@ use aya_ebpf::{
     macros::{cgroup_skb, sock_ops},
     programs::{SkBuffContext, SockOpsContext},
 };
-use podmeter_common::{role, stat};
+use podmeter_common::{Connection, names, role, stat};
 
-use crate::{accounting::bump, maps::CONNECTIONS, state::Connection};
+use crate::{
+    accounting::bump,
+    maps::{CONNECTIONS, shared_name},
+};
 
 /// cgroup programs return 1 to let the packet through: podmeter only observes.
 const PASS: i32 = 1;
@@ -63,6 +66,10 @@ fn podmeter_sock_ops(ctx: SockOpsContext) -> u32 {
     }
     1
 }
+
+shared_name!(podmeter_ingress, names::INGRESS);
+shared_name!(podmeter_egress, names::EGRESS);
+shared_name!(podmeter_sock_ops, names::SOCK_OPS);
 
 #[inline(always)]
 fn established(ctx: &SockOpsContext, cookie: u64, conn_role: u32) {

@@ -1,33 +1,68 @@
 //! The kernel maps: exact counters, the connection table, the event ring and self-statistics.
 //! Sizes are defaults; the agent may resize them before loading.
+//!
+//! A map's name is its static's name (`#[map(name = ...)]` takes only a literal, not the shared
+//! constant); `shared_name!` checks at compile time that it is the one in
+//! `podmeter_common::names`, which userspace looks maps up by.
 
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use podmeter_common::{CountKey, stat};
+use podmeter_common::{Connection, CountKey, names, stat};
 
-use crate::{
-    handshake::{Pending, PendingKey},
-    state::Connection,
-};
+use crate::handshake::{Pending, PendingKey};
 
 /// Exact request/response counters per (cgroup, role, peer, counter), per CPU.
-#[map(name = "COUNTS")]
+#[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(65_536, 0);
 
 /// Per-connection HTTP state, keyed by socket cookie; least recently used entries are evicted.
-#[map(name = "CONNECTIONS")]
+#[map]
 pub static CONNECTIONS: LruHashMap<u64, Connection> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Per-request events for pairing and latency; lossy by design, losses are counted.
-#[map(name = "EVENTS")]
+#[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// What the kernel side did and lost, per CPU (indexes in `podmeter_common::stat`).
-#[map(name = "STATS")]
+#[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::SLOTS, 0);
 
 /// Requests seen on a listening socket, waiting for their connection's `PASSIVE_ESTABLISHED`.
-#[map(name = "PENDING")]
+#[map]
 pub static PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(4_096, 0);
+
+shared_name!(COUNTS, names::COUNTS);
+shared_name!(CONNECTIONS, names::CONNECTIONS);
+shared_name!(EVENTS, names::EVENTS);
+shared_name!(STATS, names::STATS);
+shared_name!(PENDING, names::PENDING);
+
+/// Checks at compile time that the map or program `$item`, whose ELF name is its Rust name, is
+/// named `$shared`, the name userspace looks it up by. Naming `$item` makes a rename fail here.
+macro_rules! shared_name {
+    ($item:ident, $shared:path) => {
+        const _: () = {
+            let _ = &$item;
+            assert!($crate::maps::same_name(stringify!($item), $shared));
+        };
+    };
+}
+pub(crate) use shared_name;
+
+/// Whether two names are equal; `==` on `str` is not usable in constants.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

@@ -8,75 +8,21 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_NOEXIST},
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
-use podmeter_common::{CountKey, HEAD_LEN, counter, event_kind, peer, role, stat, status_class};
+use podmeter_common::{
+    Connection, CountKey, connection_flag as flag, counter, event_kind, peer, phase, role, stat,
+    status_class,
+};
 
 use crate::{
-    accounting::{bump, count, emit},
+    accounting::{Head, Header, bump, count, emit, now},
     handshake,
     http::{self, CONTINUE_LEN, PREFIX},
     maps::CONNECTIONS,
     packet::{self, Segment},
 };
-
-/// Phases of [`Connection::phase`].
-pub mod phase {
-    pub const IDLE: u32 = 0;
-    pub const AWAITING_RESPONSE: u32 = 1;
-    pub const UPGRADED: u32 = 2;
-}
-
-/// Bits of [`Connection::flags`].
-pub mod flag {
-    /// `req_seq` holds the sequence number of the last counted request start.
-    pub const REQ_SEQ: u32 = 1;
-    /// `resp_seq` holds the sequence number of the last response start.
-    pub const RESP_SEQ: u32 = 2;
-    /// Response-direction data that is not an interim response arrived while awaiting a
-    /// response: the server answered, even if its status line was not recognised.
-    pub const RESPONSE_DATA: u32 = 4;
-}
-
-/// Value of the `CONNECTIONS` map.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Connection {
-    /// cgroup of the socket, set at the first request (sock_ops does not know it).
-    pub cgroup_id: u64,
-    pub role: u32,
-    pub phase: u32,
-    pub peer: u16,
-    pub _reserved: u16,
-    pub flags: u32,
-    pub req_seq: u32,
-    pub resp_seq: u32,
-}
-
-impl Connection {
-    pub const fn new(role: u32) -> Self {
-        Self {
-            cgroup_id: 0,
-            role,
-            phase: phase::IDLE,
-            peer: peer::REMOTE,
-            _reserved: 0,
-            flags: 0,
-            req_seq: 0,
-            resp_seq: 0,
-        }
-    }
-
-    fn key(&self, counter: u16) -> CountKey {
-        CountKey {
-            cgroup_id: self.cgroup_id,
-            role: self.role,
-            peer: self.peer,
-            counter,
-        }
-    }
-}
 
 /// Is `seq` at or before `last` (modulo 2^32)? Then the segment was seen already.
 #[inline(always)]
@@ -144,9 +90,9 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
     }
     let request_direction = (conn.role == role::SERVER) == ingress;
     if request_direction {
-        on_request_direction(ctx, skb, &seg, &prefix, conn, cookie, ingress);
+        on_request_direction(ctx, skb, &seg, &prefix, conn, cookie);
     } else {
-        on_response_direction(ctx, &seg, &prefix, conn, cookie, ingress);
+        on_response_direction(ctx, &seg, &prefix, conn, cookie);
     }
 }
 
@@ -172,7 +118,6 @@ fn on_request_direction(
     prefix: &[u8; PREFIX],
     conn: &mut Connection,
     cookie: u64,
-    ingress: bool,
 ) {
     if !http::is_request_start(prefix, seg.payload_len) {
         return;
@@ -188,49 +133,20 @@ fn on_request_direction(
             return;
         }
         // The server answered but its status line went unrecognised: end that exchange.
-        end_exchange(conn, cookie, ingress, seg, status_class::OTHER, 0);
+        end_exchange(conn, cookie, status_class::OTHER, 0);
         bump(stat::RESPONSES_UNRECOGNISED);
     }
     (conn.cgroup_id, conn.peer) = socket_cgroup_and_peer(skb, seg);
     conn.phase = phase::AWAITING_RESPONSE;
     conn.req_seq = seg.seq;
     conn.flags = (conn.flags | flag::REQ_SEQ) & !flag::RESPONSE_DATA;
-    count(&conn.key(counter::REQUESTS));
-    let payload_off = seg.payload_off;
-    let payload_len = seg.payload_len;
-    emit(|ev| {
-        fill(ev, conn, cookie, ingress, seg, event_kind::REQUEST, 0);
-        // SAFETY: `ev` is a reserved ring buffer entry.
-        unsafe { (*ev).head_len = copy_head(ctx, payload_off, payload_len, &mut (*ev).head) };
-    });
-}
-
-/// Copies the start of the payload into `head`: the largest fixed-size chunk that fits, because
-/// the verifier rejects a variable-length `bpf_skb_load_bytes` whose length it cannot bound.
-#[inline(always)]
-fn copy_head(ctx: &SkBuffContext, off: u32, len: u32, head: &mut [u8; HEAD_LEN]) -> u32 {
-    macro_rules! chunk {
-        ($n:literal) => {
-            if len >= $n {
-                return match ctx.load::<[u8; $n]>(off as usize) {
-                    Ok(bytes) => {
-                        head[..$n].copy_from_slice(&bytes);
-                        $n
-                    }
-                    Err(_) => 0,
-                };
-            }
-        };
-    }
-    chunk!(96);
-    chunk!(64);
-    chunk!(48);
-    chunk!(32);
-    chunk!(24);
-    chunk!(16);
-    chunk!(8);
-    chunk!(4);
-    0
+    count(&conn.count_key(counter::REQUESTS));
+    let head = Head::Payload {
+        ctx,
+        off: seg.payload_off,
+        len: seg.payload_len,
+    };
+    emit(&header(conn, cookie, event_kind::REQUEST, 0, 0), head);
 }
 
 #[inline(always)]
@@ -240,7 +156,6 @@ fn on_response_direction(
     prefix: &[u8; PREFIX],
     conn: &mut Connection,
     cookie: u64,
-    ingress: bool,
 ) {
     if conn.phase != phase::AWAITING_RESPONSE {
         return;
@@ -267,7 +182,7 @@ fn on_response_direction(
         }
     }
     if status == 101 {
-        end_exchange(conn, cookie, ingress, seg, status_class::of(status), status);
+        end_exchange(conn, cookie, status_class::of(status), status);
         conn.phase = phase::UPGRADED;
         bump(stat::CONNECTIONS_UPGRADED);
         return;
@@ -275,26 +190,18 @@ fn on_response_direction(
     if status < 200 {
         return; // interim response: the request goes on
     }
-    end_exchange(conn, cookie, ingress, seg, status_class::of(status), status);
+    end_exchange(conn, cookie, status_class::of(status), status);
 }
 
 /// Counts the end of the current exchange with `slot` and reports it.
 #[inline(always)]
-fn end_exchange(
-    conn: &mut Connection,
-    cookie: u64,
-    ingress: bool,
-    seg: &Segment,
-    class: u16,
-    status: u32,
-) {
+fn end_exchange(conn: &mut Connection, cookie: u64, class: u16, status: u32) {
     conn.phase = phase::IDLE;
-    count(&conn.key(counter::responses(class)));
-    emit(|ev| {
-        fill(ev, conn, cookie, ingress, seg, event_kind::RESPONSE, status);
-        // SAFETY: `ev` is a reserved ring buffer entry.
-        unsafe { (*ev).status_class = class };
-    });
+    count(&conn.count_key(counter::responses(class)));
+    emit(
+        &header(conn, cookie, event_kind::RESPONSE, class, status),
+        Head::None,
+    );
 }
 
 /// Ends the connection: an exchange still waiting for its response ends with no status.
@@ -311,58 +218,27 @@ pub fn on_close(cookie: u64) {
         } else {
             status_class::NONE
         };
-        count(&conn.key(counter::responses(class)));
-        let (cgroup_id, conn_role, conn_peer) = (conn.cgroup_id, conn.role, conn.peer);
-        emit(|ev| {
-            // SAFETY: `ev` is a reserved ring buffer entry; every field is written.
-            unsafe {
-                ev.write(core::mem::zeroed());
-                (*ev).ts_ns = bpf_ktime_get_ns();
-                (*ev).cookie = cookie;
-                (*ev).cgroup_id = cgroup_id;
-                (*ev).kind = event_kind::CLOSED_WITHOUT_RESPONSE;
-                (*ev).role = conn_role;
-                (*ev).peer = conn_peer;
-                (*ev).status_class = class;
-            }
-        });
+        count(&conn.count_key(counter::responses(class)));
+        emit(
+            &header(conn, cookie, event_kind::CLOSED_WITHOUT_RESPONSE, class, 0),
+            Head::None,
+        );
     }
     let _ = CONNECTIONS.remove(&cookie);
     bump(stat::CONNECTIONS_CLOSED);
 }
 
-/// Writes the common fields of an event.
+/// The header of an event about `conn`, seen now.
 #[inline(always)]
-fn fill(
-    ev: *mut podmeter_common::HttpEvent,
-    conn: &Connection,
-    cookie: u64,
-    ingress: bool,
-    seg: &Segment,
-    kind: u32,
-    status: u32,
-) {
-    let (local, remote, local_port, remote_port) = if ingress {
-        (&seg.dst, &seg.src, seg.dst_port, seg.src_port)
-    } else {
-        (&seg.src, &seg.dst, seg.src_port, seg.dst_port)
-    };
-    // SAFETY: `ev` is a reserved ring buffer entry; every field is written.
-    unsafe {
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).cookie = cookie;
-        (*ev).cgroup_id = conn.cgroup_id;
-        (*ev).kind = kind;
-        (*ev).role = conn.role;
-        (*ev).peer = conn.peer;
-        (*ev).status = status;
-        (*ev).status_class = 0;
-        (*ev).family = seg.family;
-        (*ev).head_len = 0;
-        (*ev).local_addr = *local;
-        (*ev).remote_addr = *remote;
-        (*ev).local_port = local_port;
-        (*ev).remote_port = remote_port;
-        (*ev).seq = seg.seq;
+fn header(conn: &Connection, cookie: u64, kind: u32, class: u16, status: u32) -> Header {
+    Header {
+        ts_ns: now(),
+        cookie,
+        cgroup_id: conn.cgroup_id,
+        kind,
+        role: conn.role,
+        peer: conn.peer,
+        status_class: class,
+        status,
     }
 }

@@ -6,10 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
 };
 
 use axum::{
@@ -318,32 +315,11 @@ async fn the_serving_certificate_can_be_replaced_while_serving() {
     server.stop().await;
 }
 
-/// Files for curl, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "podmeter-metrics-api-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `contents` to `name` in `dir`, for curl.
+fn write(dir: &tempfile::TempDir, name: &str, contents: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write");
+    path
 }
 
 /// `curl` with `args`; the body and the status code it printed.
@@ -374,10 +350,13 @@ fn path_arg(path: &Path) -> String {
 async fn curl_as_the_front_proxy_and_as_a_stranger() {
     let pki = pki();
     let server = Server::start(&pki.serving, &pki.front_proxy_ca).await;
-    let dir = TempDir::new();
-    let ca = path_arg(&dir.write("serving-ca.crt", &pki.serving_ca.pem));
-    let cert = path_arg(&dir.write("front-proxy-client.crt", &pki.proxy.pem));
-    let key = path_arg(&dir.write("front-proxy-client.key", &pki.proxy.key_pem));
+    let dir = tempfile::Builder::new()
+        .prefix("podmeter-metrics-api-")
+        .tempdir()
+        .expect("temp dir");
+    let ca = path_arg(&write(&dir, "serving-ca.crt", &pki.serving_ca.pem));
+    let cert = path_arg(&write(&dir, "front-proxy-client.crt", &pki.proxy.pem));
+    let key = path_arg(&write(&dir, "front-proxy-client.key", &pki.proxy.key_pem));
     let url = format!("https://localhost:{}{HPA_PATH}", server.port);
     let user = format!("X-Remote-User: {HPA_USER}");
     let resolve = format!("localhost:{}:127.0.0.1", server.port);
