@@ -25,7 +25,7 @@ struct Normalisation {
 /// The controller's view of one HPA: its spec, the controller flags and the history that
 /// stabilisation windows and rate limits read.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Autoscaler {
+pub(crate) struct Autoscaler {
     spec: HpaSpec,
     config: ControllerConfig,
     history: History,
@@ -36,7 +36,7 @@ impl Autoscaler {
     ///
     /// # Errors
     /// If the spec or the configuration would be rejected.
-    pub fn new(spec: HpaSpec, config: ControllerConfig) -> Result<Self, SpecError> {
+    pub(crate) fn new(spec: HpaSpec, config: ControllerConfig) -> Result<Self, SpecError> {
         spec.validate()?;
         config.validate()?;
         Ok(Self {
@@ -46,29 +46,12 @@ impl Autoscaler {
         })
     }
 
-    /// The spec in force.
-    #[must_use]
-    pub fn spec(&self) -> &HpaSpec {
-        &self.spec
-    }
-
-    /// The controller flags in force.
-    #[must_use]
-    pub fn config(&self) -> &ControllerConfig {
-        &self.config
-    }
-
-    /// Recommendations and scale events recorded so far.
-    #[must_use]
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
     /// Replaces the spec and keeps the history, as the controller does when an HPA is edited.
     ///
     /// # Errors
     /// If the new spec would be rejected; the old one stays.
-    pub fn set_spec(&mut self, spec: HpaSpec) -> Result<(), SpecError> {
+    #[cfg(test)]
+    pub(crate) fn set_spec(&mut self, spec: HpaSpec) -> Result<(), SpecError> {
         spec.validate()?;
         self.spec = spec;
         Ok(())
@@ -80,7 +63,7 @@ impl Autoscaler {
     /// `metrics` the values per metric name; a metric of the spec without an entry counts as a
     /// failed custom metrics API call. The decision is assumed to be applied (the controller
     /// records it as a scale event), so the next call should pass the count then observed.
-    pub fn decide(
+    pub(crate) fn decide(
         &mut self,
         now: Duration,
         current_replicas: u32,

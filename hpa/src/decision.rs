@@ -12,7 +12,7 @@ use super::stabilize::{Clamp, Stabilisation};
 /// What one metric contributed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status")]
-pub enum MetricReport {
+pub(crate) enum MetricReport {
     /// The metric proposed a count.
     Proposed(Proposal),
     /// The metric could not be evaluated.
@@ -25,18 +25,9 @@ pub enum MetricReport {
 }
 
 impl MetricReport {
-    /// The metric's name.
-    #[must_use]
-    pub fn metric(&self) -> &str {
-        match self {
-            Self::Proposed(proposal) => &proposal.metric,
-            Self::Failed { metric, .. } => metric,
-        }
-    }
-
     /// The proposal, if the metric produced one.
     #[must_use]
-    pub fn proposal(&self) -> Option<&Proposal> {
+    pub(crate) fn proposal(&self) -> Option<&Proposal> {
         match self {
             Self::Proposed(proposal) => Some(proposal),
             Self::Failed { .. } => None,
@@ -47,7 +38,7 @@ impl MetricReport {
 /// The path `reconcileAutoscaler` took.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The target has 0 replicas: the HPA considers itself disabled and leaves it alone.
     ScalingDisabled,
     /// The target has more than `maxReplicas`: set to `maxReplicas`, no metric is read.
@@ -76,38 +67,38 @@ pub enum Outcome {
 
 /// The normalisation of the largest proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Normalised {
+pub(crate) struct Normalised {
     /// The metric whose proposal won, as `computeReplicasForMetrics` picks it.
-    pub metric: Option<String>,
+    pub(crate) metric: Option<String>,
     /// The desired count before normalisation: the largest proposal, at least 0.
-    pub proposal: i64,
+    pub(crate) proposal: i64,
     /// Metrics that failed but did not block scaling (the others scale up or hold).
-    pub failed_metrics: usize,
+    pub(crate) failed_metrics: usize,
     /// The stabilisation windows' effect.
-    pub stabilisation: Stabilisation,
+    pub(crate) stabilisation: Stabilisation,
     /// The `behavior` policies' allowance in the direction of travel, if any applied.
-    pub rate_limit: Option<RateLimit>,
+    pub(crate) rate_limit: Option<RateLimit>,
     /// The limit that set the final count.
-    pub clamp: Clamp,
+    pub(crate) clamp: Clamp,
 }
 
 /// What the HPA decides at one sync, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The scale target's `spec.replicas` at the sync.
-    pub current_replicas: u32,
+    pub(crate) current_replicas: u32,
     /// Every metric of the spec, in spec order (empty when no metric was read).
-    pub metrics: Vec<MetricReport>,
+    pub(crate) metrics: Vec<MetricReport>,
     /// The path taken.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// The count the HPA sets (equal to `current_replicas` when it does not scale).
-    pub desired_replicas: u32,
+    pub(crate) desired_replicas: u32,
 }
 
 impl Decision {
     /// Whether the HPA changes the target's replica count.
     #[must_use]
-    pub fn rescales(&self) -> bool {
+    pub(crate) fn rescales(&self) -> bool {
         self.desired_replicas != self.current_replicas
     }
 

@@ -10,51 +10,33 @@ mod tests;
 
 /// One unstabilised recommendation (`timestampedRecommendation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Recommendation {
+pub(crate) struct Recommendation {
     /// The proposal before stabilisation.
-    pub replicas: i64,
+    pub(crate) replicas: i64,
     /// When it was made, on the caller's clock.
-    pub at: Duration,
+    pub(crate) at: Duration,
 }
 
 /// One rescale (`timestampedScaleEvent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ScaleEvent {
+pub(crate) struct ScaleEvent {
     /// Size of the change, never negative.
-    pub replica_change: i64,
+    pub(crate) replica_change: i64,
     /// When it happened, on the caller's clock.
-    pub at: Duration,
+    pub(crate) at: Duration,
     /// Older than the longest policy period when last checked: a slot to reuse.
-    pub outdated: bool,
+    pub(crate) outdated: bool,
 }
 
 /// Recommendations and scale events of one HPA.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct History {
+pub(crate) struct History {
     pub(super) recommendations: Vec<Recommendation>,
     pub(super) scale_up_events: Vec<ScaleEvent>,
     pub(super) scale_down_events: Vec<ScaleEvent>,
 }
 
 impl History {
-    /// Recommendations in storage order (reused slots are overwritten in place).
-    #[must_use]
-    pub fn recommendations(&self) -> &[Recommendation] {
-        &self.recommendations
-    }
-
-    /// Scale-up events in storage order.
-    #[must_use]
-    pub fn scale_up_events(&self) -> &[ScaleEvent] {
-        &self.scale_up_events
-    }
-
-    /// Scale-down events in storage order.
-    #[must_use]
-    pub fn scale_down_events(&self) -> &[ScaleEvent] {
-        &self.scale_down_events
-    }
-
     /// `recordInitialRecommendation`: the first sync seeds the windows with the current count,
     /// so an HPA created on a busy deployment does not scale it down at once.
     pub(super) fn record_initial(&mut self, current: i64, now: Duration) {

@@ -14,33 +14,33 @@ mod tests;
 
 /// What one policy allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PolicyLimit {
+pub(crate) struct PolicyLimit {
     /// The policy.
-    pub policy: ScalingPolicy,
+    pub(crate) policy: ScalingPolicy,
     /// Replicas added by scale-ups within its period.
-    pub added_in_period: i64,
+    pub(crate) added_in_period: i64,
     /// Replicas removed by scale-downs within its period.
-    pub removed_in_period: i64,
+    pub(crate) removed_in_period: i64,
     /// `current - added + removed`: the count the period started from.
-    pub period_start: i64,
+    pub(crate) period_start: i64,
     /// The count this policy allows now.
-    pub limit: i64,
+    pub(crate) limit: i64,
 }
 
 /// The rate limit of one direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Which way the desired count moves.
-    pub direction: Direction,
+    pub(crate) direction: Direction,
     /// How the policies were combined.
-    pub select_policy: SelectPolicy,
+    pub(crate) select_policy: SelectPolicy,
     /// Each policy's allowance (empty when the direction is disabled).
-    pub policies: Vec<PolicyLimit>,
+    pub(crate) policies: Vec<PolicyLimit>,
     /// The combined allowance before it is kept from moving past the current count.
-    pub selected: i64,
+    pub(crate) selected: i64,
     /// The allowance applied: `selected`, but never beyond the current count in the wrong
     /// direction (events still inside the period may have used the whole budget).
-    pub limit: i64,
+    pub(crate) limit: i64,
 }
 
 /// `getReplicasChangePerPeriod`: changes strictly newer than `now - period`.

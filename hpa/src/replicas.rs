@@ -14,17 +14,17 @@ mod tests;
 
 /// The band around a ratio of 1 inside which the controller keeps the current count.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Tolerances {
+pub(crate) struct Tolerances {
     /// How far below 1 the ratio may fall.
-    pub scale_down: f64,
+    pub(crate) scale_down: f64,
     /// How far above 1 the ratio may rise.
-    pub scale_up: f64,
+    pub(crate) scale_up: f64,
 }
 
 impl Tolerances {
     /// The same tolerance on both sides (the controller flag).
     #[must_use]
-    pub fn uniform(tolerance: f64) -> Self {
+    pub(crate) fn uniform(tolerance: f64) -> Self {
         Self {
             scale_down: tolerance,
             scale_up: tolerance,
@@ -36,7 +36,7 @@ impl Tolerances {
     /// Kubernetes before 1.33 tested `|1 - ratio| <= tolerance`, which differs only in the last
     /// bit: a ratio of exactly 1.1 scaled there and is kept here, as in current releases.
     #[must_use]
-    pub fn contains(self, ratio: f64) -> bool {
+    pub(crate) fn contains(self, ratio: f64) -> bool {
         (1.0 - self.scale_down) <= ratio && ratio <= (1.0 + self.scale_up)
     }
 }
@@ -53,39 +53,39 @@ impl fmt::Display for Tolerances {
 
 /// How `groupPods` filed the listed pods, and how many values were averaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PodCounts {
+pub(crate) struct PodCounts {
     /// Ready pods that have a value.
-    pub ready: usize,
+    pub(crate) ready: usize,
     /// Pending pods (their values, if any, were dropped).
-    pub unready: usize,
+    pub(crate) unready: usize,
     /// Ready pods without a value.
-    pub missing: usize,
+    pub(crate) missing: usize,
     /// Deleted or terminated pods (their values, if any, were dropped).
-    pub ignored: usize,
+    pub(crate) ignored: usize,
     /// Values averaged: the ready pods plus any value for a pod the selector did not list.
-    pub samples: usize,
+    pub(crate) samples: usize,
 }
 
 /// The second pass over an enlarged set when pods are missing, or pending during a scale-up.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Rebalance {
+pub(crate) struct Rebalance {
     /// What each missing pod was counted as: the target when scaling down, 0 when scaling up,
     /// `None` when the ratio was exactly 1 (Kubernetes then leaves them out).
-    pub missing_counted_as_milli: Option<i64>,
+    pub(crate) missing_counted_as_milli: Option<i64>,
     /// Whether pending pods were counted as 0 (only when the first ratio is above 1).
-    pub unready_counted_as_zero: bool,
+    pub(crate) unready_counted_as_zero: bool,
     /// Average over the enlarged set, floor of milli-units.
-    pub usage_milli: i64,
+    pub(crate) usage_milli: i64,
     /// `usage_milli / target`.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// Size of the enlarged set.
-    pub samples: usize,
+    pub(crate) samples: usize,
 }
 
 /// Which branch of `calcPlainMetricReplicas` produced the proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
-pub enum ProposalOutcome {
+pub(crate) enum ProposalOutcome {
     /// Nothing to rebalance and the ratio is within tolerance: keep the current count.
     WithinTolerance,
     /// Nothing to rebalance: `ceil(ratio * ready)`.
@@ -106,30 +106,30 @@ pub enum ProposalOutcome {
 
 /// One metric's proposal and how it was reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Proposal {
+pub(crate) struct Proposal {
     /// The metric.
-    pub metric: String,
+    pub(crate) metric: String,
     /// Its `averageValue` target, milli-units.
-    pub target_milli: i64,
+    pub(crate) target_milli: i64,
     /// `floor(sum / count)` over the values used, milli-units; what `kubectl describe hpa` shows.
-    pub usage_milli: i64,
+    pub(crate) usage_milli: i64,
     /// `usage_milli / target_milli`.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// The tolerance band used.
-    pub tolerances: Tolerances,
+    pub(crate) tolerances: Tolerances,
     /// How the pods were filed.
-    pub pods: PodCounts,
+    pub(crate) pods: PodCounts,
     /// The second pass, when one ran.
-    pub rebalance: Option<Rebalance>,
+    pub(crate) rebalance: Option<Rebalance>,
     /// Which branch decided.
-    pub outcome: ProposalOutcome,
+    pub(crate) outcome: ProposalOutcome,
     /// The proposed replica count.
-    pub replicas: i64,
+    pub(crate) replicas: i64,
 }
 
 /// Why a metric produced no proposal. Kubernetes' messages are kept where it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum MetricError {
+pub(crate) enum MetricError {
     /// No values were supplied for the metric (the custom metrics API call failed).
     Unavailable,
     /// The selector listed no pods.
@@ -159,7 +159,7 @@ impl std::error::Error for MetricError {}
 ///
 /// # Errors
 /// When the selector lists no pods or no usable value remains.
-pub fn pods_metric_replicas(
+pub(crate) fn pods_metric_replicas(
     current_replicas: u32,
     target: &PodsMetricTarget,
     tolerances: Tolerances,

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{
-    Autoscaler, Behavior, ControllerConfig, DEFAULT_SYNC_PERIOD_SECONDS, HpaSpec, MetricSample,
-    Pod, PodState, PodsMetricTarget,
+use super::autoscaler::Autoscaler;
+use super::observed::{MetricSample, Pod, PodState};
+use super::spec::{
+    Behavior, ControllerConfig, DEFAULT_MIN_REPLICAS, DEFAULT_SYNC_PERIOD_SECONDS, HpaSpec,
+    PodsMetricTarget,
 };
 
 /// The deployment under test: `load_milli` requests per second in total, shared by the pods
@@ -62,14 +64,13 @@ fn converge(
     syncs: u64,
 ) -> Vec<u32> {
     let spec = HpaSpec {
+        min_replicas: DEFAULT_MIN_REPLICAS,
+        max_replicas: 20,
+        metrics: vec![PodsMetricTarget {
+            name: "http_requests_per_second".to_owned(),
+            average_value_milli: target_rps * 1000,
+        }],
         behavior,
-        ..HpaSpec::new(
-            20,
-            vec![PodsMetricTarget {
-                name: "http_requests_per_second".to_owned(),
-                average_value_milli: target_rps * 1000,
-            }],
-        )
     };
     let mut hpa = match Autoscaler::new(spec, ControllerConfig::default()) {
         Ok(hpa) => hpa,

@@ -7,30 +7,30 @@ use serde::{Deserialize, Serialize};
 
 /// Default `--horizontal-pod-autoscaler-sync-period`: the controller re-evaluates every HPA this
 /// often. The model takes time as an input, so this is only a convenience for callers.
-pub const DEFAULT_SYNC_PERIOD_SECONDS: u64 = 15;
+pub(crate) const DEFAULT_SYNC_PERIOD_SECONDS: u64 = 15;
 
 /// Default `--horizontal-pod-autoscaler-tolerance`: ratios within 10 % of 1 do not scale.
-pub const DEFAULT_TOLERANCE: f64 = 0.1;
+pub(crate) const DEFAULT_TOLERANCE: f64 = 0.1;
 
 /// Default `--horizontal-pod-autoscaler-downscale-stabilization`: without `behavior`, and for a
 /// `behavior.scaleDown` that leaves its window unset, scale-downs follow the highest
 /// recommendation of the last 300 s.
-pub const DEFAULT_DOWNSCALE_STABILIZATION_SECONDS: u32 = 300;
+pub(crate) const DEFAULT_DOWNSCALE_STABILIZATION_SECONDS: u32 = 300;
 
 /// `spec.minReplicas` when unset (`SetDefaults_HorizontalPodAutoscaler`).
-pub const DEFAULT_MIN_REPLICAS: u32 = 1;
+pub(crate) const DEFAULT_MIN_REPLICAS: u32 = 1;
 
 /// Without `behavior`, one sync may at most double the replicas (`scaleUpLimitFactor`)...
-pub const SCALE_UP_LIMIT_FACTOR: i64 = 2;
+pub(crate) const SCALE_UP_LIMIT_FACTOR: i64 = 2;
 
 /// ...but may always reach 4 (`scaleUpLimitMinimum`), so small deployments are not stuck at 1-2.
-pub const SCALE_UP_LIMIT_MINIMUM: i64 = 4;
+pub(crate) const SCALE_UP_LIMIT_MINIMUM: i64 = 4;
 
 /// Default `behavior.scaleUp.stabilizationWindowSeconds`: scale up at once.
-pub const DEFAULT_SCALE_UP_WINDOW_SECONDS: u32 = 0;
+pub(crate) const DEFAULT_SCALE_UP_WINDOW_SECONDS: u32 = 0;
 
 /// Default `behavior.scaleUp.policies`: add 4 pods or double, per 15 s, whichever is more.
-pub const DEFAULT_SCALE_UP_POLICIES: [ScalingPolicy; 2] = [
+pub(crate) const DEFAULT_SCALE_UP_POLICIES: [ScalingPolicy; 2] = [
     ScalingPolicy {
         kind: PolicyKind::Pods,
         value: 4,
@@ -45,25 +45,25 @@ pub const DEFAULT_SCALE_UP_POLICIES: [ScalingPolicy; 2] = [
 
 /// Default `behavior.scaleDown.policies`: remove up to every pod per 15 s (the window is the
 /// real brake). Its window defaults to the controller's downscale stabilisation flag.
-pub const DEFAULT_SCALE_DOWN_POLICIES: [ScalingPolicy; 1] = [ScalingPolicy {
+pub(crate) const DEFAULT_SCALE_DOWN_POLICIES: [ScalingPolicy; 1] = [ScalingPolicy {
     kind: PolicyKind::Percent,
     value: 100,
     period_seconds: 15,
 }];
 
 /// API validation: `stabilizationWindowSeconds` must lie in `0..=3600`.
-pub const MAX_STABILIZATION_WINDOW_SECONDS: u32 = 3600;
+pub(crate) const MAX_STABILIZATION_WINDOW_SECONDS: u32 = 3600;
 
 /// API validation: a policy's `periodSeconds` must lie in `1..=1800`.
-pub const MAX_POLICY_PERIOD_SECONDS: u32 = 1800;
+pub(crate) const MAX_POLICY_PERIOD_SECONDS: u32 = 1800;
 
 /// Flags of kube-controller-manager that change the computation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct ControllerConfig {
+pub(crate) struct ControllerConfig {
     /// `--horizontal-pod-autoscaler-tolerance`.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
     /// `--horizontal-pod-autoscaler-downscale-stabilization`, in seconds.
-    pub downscale_stabilization_seconds: u32,
+    pub(crate) downscale_stabilization_seconds: u32,
 }
 
 impl ControllerConfig {
@@ -71,7 +71,7 @@ impl ControllerConfig {
     ///
     /// # Errors
     /// [`SpecError::BadTolerance`].
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub(crate) fn validate(&self) -> Result<(), SpecError> {
         if self.tolerance.is_finite() && self.tolerance >= 0.0 {
             Ok(())
         } else {
@@ -93,43 +93,32 @@ impl Default for ControllerConfig {
 
 /// One `type: Pods` entry of `spec.metrics` with a `target.type: AverageValue`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PodsMetricTarget {
+pub(crate) struct PodsMetricTarget {
     /// `pods.metric.name`, as served under `custom.metrics.k8s.io`.
-    pub name: String,
+    pub(crate) name: String,
     /// `pods.target.averageValue` in milli-units (`Quantity.MilliValue()`): `25` is `25000`.
-    pub average_value_milli: i64,
+    pub(crate) average_value_milli: i64,
 }
 
 /// The HPA spec fields the computation reads.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HpaSpec {
+pub(crate) struct HpaSpec {
     /// `spec.minReplicas`.
-    pub min_replicas: u32,
+    pub(crate) min_replicas: u32,
     /// `spec.maxReplicas`.
-    pub max_replicas: u32,
+    pub(crate) max_replicas: u32,
     /// `spec.metrics`; the largest proposal among them wins.
-    pub metrics: Vec<PodsMetricTarget>,
+    pub(crate) metrics: Vec<PodsMetricTarget>,
     /// `spec.behavior`; `None` selects the older, fixed normalisation.
-    pub behavior: Option<Behavior>,
+    pub(crate) behavior: Option<Behavior>,
 }
 
 impl HpaSpec {
-    /// A spec with the default `minReplicas` and no `behavior`.
-    #[must_use]
-    pub fn new(max_replicas: u32, metrics: Vec<PodsMetricTarget>) -> Self {
-        Self {
-            min_replicas: DEFAULT_MIN_REPLICAS,
-            max_replicas,
-            metrics,
-            behavior: None,
-        }
-    }
-
     /// Rejects what the API server would reject, and what podmeter does not model.
     ///
     /// # Errors
     /// The first problem found.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub(crate) fn validate(&self) -> Result<(), SpecError> {
         // minReplicas 0 needs the HPAScaleToZero gate *and* an Object or External metric.
         if self.min_replicas == 0 {
             return Err(SpecError::MinReplicasZero);
@@ -167,24 +156,24 @@ impl HpaSpec {
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Behavior {
     /// `behavior.scaleUp`.
-    pub scale_up: ScalingRules,
+    pub(crate) scale_up: ScalingRules,
     /// `behavior.scaleDown`.
-    pub scale_down: ScalingRules,
+    pub(crate) scale_down: ScalingRules,
 }
 
 /// `HPAScalingRules`: every field may be left unset and is then defaulted per direction.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScalingRules {
+pub(crate) struct ScalingRules {
     /// `stabilizationWindowSeconds`.
-    pub stabilization_window_seconds: Option<u32>,
+    pub(crate) stabilization_window_seconds: Option<u32>,
     /// `selectPolicy`.
-    pub select_policy: Option<SelectPolicy>,
+    pub(crate) select_policy: Option<SelectPolicy>,
     /// `policies`.
-    pub policies: Option<Vec<ScalingPolicy>>,
+    pub(crate) policies: Option<Vec<ScalingPolicy>>,
     /// `tolerance` (feature gate `HPAConfigurableTolerance`; the API server drops the field
     /// when the gate is off, so a value present here is one the controller uses).
-    pub tolerance: Option<f64>,
+    pub(crate) tolerance: Option<f64>,
 }
 
 impl ScalingRules {
@@ -242,15 +231,15 @@ impl ScalingRules {
 
 /// Scaling rules of one direction after defaulting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// Effective `stabilizationWindowSeconds`.
-    pub window_seconds: u32,
+    pub(crate) window_seconds: u32,
     /// Effective `selectPolicy`.
-    pub select_policy: SelectPolicy,
+    pub(crate) select_policy: SelectPolicy,
     /// Effective `policies`.
-    pub policies: Vec<ScalingPolicy>,
+    pub(crate) policies: Vec<ScalingPolicy>,
     /// Effective tolerance for ratios on this side of 1.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
 }
 
 impl Rules {
@@ -266,7 +255,7 @@ impl Rules {
 
 /// `selectPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SelectPolicy {
+pub(crate) enum SelectPolicy {
     /// Allow the largest change any policy allows (the default).
     Max,
     /// Allow the smallest change any policy allows.
@@ -277,7 +266,7 @@ pub enum SelectPolicy {
 
 /// `HPAScalingPolicy.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PolicyKind {
+pub(crate) enum PolicyKind {
     /// `value` pods per period.
     Pods,
     /// `value` percent of the replicas at the start of the period.
@@ -287,14 +276,14 @@ pub enum PolicyKind {
 /// `HPAScalingPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScalingPolicy {
+pub(crate) struct ScalingPolicy {
     /// `type`.
     #[serde(rename = "type")]
-    pub kind: PolicyKind,
+    pub(crate) kind: PolicyKind,
     /// `value`.
-    pub value: u32,
+    pub(crate) value: u32,
     /// `periodSeconds`.
-    pub period_seconds: u32,
+    pub(crate) period_seconds: u32,
 }
 
 impl fmt::Display for ScalingPolicy {

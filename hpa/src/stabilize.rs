@@ -16,7 +16,7 @@ mod tests;
 /// How past recommendations bent the proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
-pub enum Stabilisation {
+pub(crate) enum Stabilisation {
     /// Without `behavior`: the highest recommendation of the downscale window.
     Default {
         /// `--horizontal-pod-autoscaler-downscale-stabilization`.
@@ -43,7 +43,7 @@ pub enum Stabilisation {
 impl Stabilisation {
     /// The stabilised count.
     #[must_use]
-    pub fn recommendation(&self) -> i64 {
+    pub(crate) fn recommendation(&self) -> i64 {
         match *self {
             Self::Default { recommendation, .. } | Self::Behavior { recommendation, .. } => {
                 recommendation
@@ -53,7 +53,7 @@ impl Stabilisation {
 
     /// Describes why the stabilised count differs from `proposal`, if it does.
     #[must_use]
-    pub fn explain(&self, proposal: i64) -> Option<String> {
+    pub(crate) fn explain(&self, proposal: i64) -> Option<String> {
         let recommendation = self.recommendation();
         match *self {
             _ if recommendation == proposal => None,
@@ -79,7 +79,7 @@ impl Stabilisation {
 /// Which limit set the final count, named after the `ScalingLimited` condition reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason")]
-pub enum Clamp {
+pub(crate) enum Clamp {
     /// `DesiredWithinRange`: nothing limited the stabilised count.
     DesiredWithinRange,
     /// `TooFewReplicas`: raised to `minReplicas`.
@@ -109,7 +109,7 @@ impl Clamp {
     /// Describes the clamp, given the rate limit that produced it (with `behavior`) and the
     /// current count (for the fixed limit without it).
     #[must_use]
-    pub fn explain(&self, current: i64, rate_limit: Option<&RateLimit>) -> Option<String> {
+    pub(crate) fn explain(&self, current: i64, rate_limit: Option<&RateLimit>) -> Option<String> {
         match *self {
             Self::DesiredWithinRange => None,
             Self::TooFewReplicas { min_replicas } => {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use podmeter_wire::{AgentReply, PodReply, PodsReply};
 use serde_json::Value;
 
 use crate::process::{ChildGuard, die_with_parent, forward_lines};
@@ -176,6 +177,20 @@ impl AgentProcess {
             .with_context(|| format!("GET {path}: body is not JSON:\n{text}"))
     }
 
+    /// `GET /v1/pods`: every pod the agent has seen.
+    pub fn pods(&self) -> Result<PodsReply> {
+        let text = self.get_text("/v1/pods")?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("GET /v1/pods: unexpected body:\n{text}"))
+    }
+
+    /// `GET /v1/agent`: the agent's own health.
+    pub fn health(&self) -> Result<AgentReply> {
+        let text = self.get_text("/v1/agent")?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("GET /v1/agent: unexpected body:\n{text}"))
+    }
+
     /// `GET <path>` on the agent's API as text (e.g. Prometheus metrics); fails on a non-2xx status.
     pub fn get_text(&self, path: &str) -> Result<String> {
         let url = format!("{}{path}", self.base_url);
@@ -197,22 +212,16 @@ impl AgentProcess {
 
     /// The counts of pod `<namespace>/<name>` from `GET /v1/pods`; a pod not listed has zeros.
     pub fn pod_counts(&self, namespace: &str, name: &str) -> Result<PodCounts> {
-        let pods = self.get("/v1/pods")?;
-        pod_counts_in(&pods, namespace, name)
+        Ok(pod_counts_in(&self.pods()?, namespace, name))
     }
 
     /// The whole `/v1/pods` entry of pod `<namespace>/<name>` (an error naming the reply when the
     /// pod is not listed).
-    pub fn pod_entry(&self, namespace: &str, name: &str) -> Result<Value> {
-        let pods = self.get("/v1/pods")?;
-        pods["pods"]
-            .as_array()
-            .and_then(|list| {
-                list.iter()
-                    .find(|p| p["namespace"] == namespace && p["name"] == name)
-            })
+    pub fn pod_entry(&self, namespace: &str, name: &str) -> Result<PodReply> {
+        let pods = self.pods()?;
+        pod_in(&pods, namespace, name)
             .cloned()
-            .with_context(|| format!("{namespace}/{name} not in {pods}"))
+            .with_context(|| format!("{namespace}/{name} not in {pods:?}"))
     }
 
     /// Polls the pod's counts every 250 ms until they have not changed for 2 s (at most 15 s;
@@ -245,11 +254,6 @@ impl AgentProcess {
         self.process.terminate(STOP_GRACE)
     }
 
-    /// The exit status if the agent has exited, without waiting.
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        self.process.try_wait()
-    }
-
     /// Sends `signal` to the agent (nothing once it has exited).
     pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
         self.process.signal(signal)
@@ -261,58 +265,85 @@ impl AgentProcess {
     }
 }
 
-/// Finds `<namespace>/<name>` in a `/v1/pods` reply.
-pub fn pod_counts_in(pods: &Value, namespace: &str, name: &str) -> Result<PodCounts> {
-    let list = pods["pods"]
-        .as_array()
-        .with_context(|| format!("/v1/pods has no `pods` array: {pods}"))?;
-    let Some(pod) = list
+/// Pod `<namespace>/<name>` in a `/v1/pods` reply.
+pub fn pod_in<'a>(pods: &'a PodsReply, namespace: &str, name: &str) -> Option<&'a PodReply> {
+    pods.pods
         .iter()
-        .find(|pod| pod["namespace"] == namespace && pod["name"] == name)
-    else {
-        return Ok(PodCounts::default());
-    };
-    let requests = |direction: &str| -> Result<u64> {
-        let value = &pod[direction]["requests"];
-        if value.is_null() {
-            return Ok(0);
-        }
-        value
-            .as_u64()
-            .with_context(|| format!("{direction}.requests is not a count in {pod}"))
-    };
-    Ok(PodCounts {
-        inbound: requests("inbound")?,
-        outbound: requests("outbound")?,
+        .find(|pod| pod.namespace == namespace && pod.name == name)
+}
+
+/// The counts of `<namespace>/<name>` in a `/v1/pods` reply; a pod not listed has zeros.
+fn pod_counts_in(pods: &PodsReply, namespace: &str, name: &str) -> PodCounts {
+    pod_in(pods, namespace, name).map_or_else(PodCounts::default, |pod| PodCounts {
+        inbound: pod.inbound.totals.requests,
+        outbound: pod.outbound.totals.requests,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use podmeter_wire::{FlowReply, FlowTotals, Observed, ObservedReply, UnattributedReply};
+
     use super::*;
+
+    fn flow(requests: u64) -> FlowReply {
+        FlowReply {
+            totals: FlowTotals {
+                requests,
+                ..FlowTotals::default()
+            },
+            rate: 0.0,
+            duration: None,
+        }
+    }
+
+    fn pod(namespace: &str, name: &str, inbound: u64, outbound: u64) -> PodReply {
+        PodReply {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: None,
+            workload: None,
+            inbound: flow(inbound),
+            outbound: flow(outbound),
+            loopback_inbound: flow(0),
+            loopback_outbound: flow(0),
+            observed: ObservedReply::default(),
+        }
+    }
 
     #[test]
     fn pod_counts_are_read_and_missing_pods_are_zero() {
-        let pods = serde_json::json!({"pods": [
-            {"namespace": "default", "name": "pod-b", "inbound": {"requests": 1000, "bytes": 5}, "outbound": {"requests": 0}},
-            {"namespace": "other", "name": "pod-b", "inbound": {"requests": 7}, "outbound": {"requests": 3}},
-        ]});
+        let pods = PodsReply {
+            rate_window_seconds: 30,
+            pods: vec![
+                pod("default", "pod-b", 1000, 0),
+                pod("other", "pod-b", 7, 3),
+            ],
+            unattributed: UnattributedReply {
+                inbound: flow(0),
+                outbound: flow(0),
+                loopback_inbound: flow(0),
+                loopback_outbound: flow(0),
+                observed_inbound: Observed::default(),
+                observed_outbound: Observed::default(),
+            },
+        };
         assert_eq!(
-            pod_counts_in(&pods, "default", "pod-b").expect("found"),
+            pod_counts_in(&pods, "default", "pod-b"),
             PodCounts {
                 inbound: 1000,
                 outbound: 0
             }
         );
         assert_eq!(
-            pod_counts_in(&pods, "other", "pod-b").expect("found"),
+            pod_counts_in(&pods, "other", "pod-b"),
             PodCounts {
                 inbound: 7,
                 outbound: 3
             }
         );
         assert_eq!(
-            pod_counts_in(&pods, "default", "pod-a").expect("absent"),
+            pod_counts_in(&pods, "default", "pod-a"),
             PodCounts::default()
         );
     }

@@ -19,10 +19,10 @@ use std::{
 
 use anyhow::{Result, bail};
 use podmeter_hpa::recommend::{PodRate, Recommender, WorkloadSpec};
-use serde_json::Value;
 
 use crate::{
-    AgentProcess, ChildGuard, Cluster, Pod, TempDir, clients::parse_hey, wait::poll_until,
+    AgentProcess, ChildGuard, Cluster, Pod, TempDir, agent::pod_in, clients::parse_hey, tempdir,
+    wait::poll_until,
 };
 
 /// Namespace of every scenario pod.
@@ -169,7 +169,7 @@ impl Server {
         server_block: &str,
         extra_http: &str,
     ) -> Result<Self> {
-        let dir = TempDir::new(label)?;
+        let dir = tempdir::new(label)?;
         let d = dir.path().display();
         let config = format!(
             "daemon off; master_process on; worker_processes 1; user root;\n\
@@ -180,7 +180,7 @@ impl Server {
              uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
              {extra_http}\n server {{ listen 80; {server_block} }} }}\n"
         );
-        let config_path = dir.write("nginx.conf", &config)?;
+        let config_path = tempdir::write(&dir, "nginx.conf", &config)?;
         let mut command = pod.command("nginx")?;
         command
             .arg("-p")
@@ -244,7 +244,7 @@ fn write_upstream(dir: &TempDir, replicas: &[Replica<'_>]) -> Result<std::path::
         .iter()
         .map(|r| format!("server {}:80;\n", r.pod.ip()))
         .collect();
-    dir.write(UPSTREAM_FILE, servers)
+    tempdir::write(dir, UPSTREAM_FILE, servers)
 }
 
 impl<'c> Backend<'c> {
@@ -253,7 +253,7 @@ impl<'c> Backend<'c> {
         let client = cluster.pod(NAMESPACE, &format!("client-{n}"))?;
         let ingress_pod = cluster.pod(NAMESPACE, &format!("ingress-{n}"))?;
         let replicas = vec![start_replica(cluster, &format!("{n}-0"))?];
-        let upstream_dir = TempDir::new(&format!("upstream-{n}"))?;
+        let upstream_dir = tempdir::new(&format!("upstream-{n}"))?;
         let upstream = write_upstream(&upstream_dir, &replicas)?;
         let ingress = Server::start(
             &ingress_pod,
@@ -328,10 +328,6 @@ impl<'c> Backend<'c> {
     }
 }
 
-fn rate_of(entry: &Value, flow: &str) -> Option<f64> {
-    entry[flow]["rate"].as_f64()
-}
-
 /// Runs the scenario. `on_sync` sees every sync; `stop` ends it early (Ctrl-C).
 pub fn run(
     scenario: &Scenario,
@@ -382,14 +378,8 @@ pub fn run(
             break;
         }
         sync += 1;
-        let pods = agent.get("/v1/pods")?;
-        let entries: Vec<&Value> = pods["pods"].as_array().into_iter().flatten().collect();
-        let entry = |name: &str| {
-            entries
-                .iter()
-                .find(|p| p["namespace"] == NAMESPACE && p["name"] == name)
-                .copied()
-        };
+        let pods = agent.pods()?;
+        let entry = |name: &str| pod_in(&pods, NAMESPACE, name);
 
         let mut observed = Vec::new();
         let mut shadow_pods = Vec::new();
@@ -400,7 +390,7 @@ pub fn run(
                 .map(|r| {
                     (
                         r.pod.name().to_owned(),
-                        entry(r.pod.name()).and_then(|e| rate_of(e, "inbound")),
+                        entry(r.pod.name()).map(|e| e.inbound.rate),
                     )
                 })
                 .collect();
@@ -408,7 +398,7 @@ pub fn run(
             // client-side count for the same requests.
             let inbound_sum: f64 = rates.iter().filter_map(|(_, r)| *r).sum();
             let ingress_out = entry(backend.ingress_pod.name())
-                .and_then(|e| rate_of(e, "outbound"))
+                .map(|e| e.outbound.rate)
                 .unwrap_or(0.0);
             let factor = if inbound_sum > 0.0 {
                 1.0 + ingress_out / inbound_sum
@@ -507,17 +497,12 @@ pub fn run(
     }
     // Let the last counter read and the ingresses' last requests land.
     std::thread::sleep(Duration::from_millis(800));
-    let pods = agent.get("/v1/pods")?;
-    let counted_inbound = pods["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("ingress-"))
-        })
-        .filter_map(|p| p["inbound"]["requests"].as_u64())
+    let counted_inbound = agent
+        .pods()?
+        .pods
+        .iter()
+        .filter(|p| p.name.starts_with("ingress-"))
+        .map(|p| p.inbound.totals.requests)
         .sum();
     Ok(Outcome {
         final_replicas: backends

@@ -79,16 +79,6 @@ impl CgroupGuard {
         &self.path
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup.
-    pub fn add_pid(&self, pid: u32) -> Result<()> {
-        add_pid(&self.path, pid)
-    }
-
-    /// PIDs directly in this cgroup (not in its children).
-    pub fn pids(&self) -> Result<Vec<u32>> {
-        read_pids(&self.path)
-    }
-
     /// PIDs in this cgroup and all cgroups below it.
     pub fn pids_recursive(&self) -> Result<Vec<u32>> {
         let mut pids = Vec::new();
@@ -142,13 +132,6 @@ impl Drop for CgroupGuard {
             );
         }
     }
-}
-
-/// Moves process `pid` into the cgroup directory `dir`.
-pub fn add_pid(dir: &Path, pid: u32) -> Result<()> {
-    let procs = dir.join("cgroup.procs");
-    fs::write(&procs, pid.to_string())
-        .with_context(|| format!("writing {pid} to {}", procs.display()))
 }
 
 /// PIDs listed in `dir/cgroup.procs`; a directory that is already gone has none.

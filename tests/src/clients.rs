@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     netns::Pod,
     process::{CommandOutput, run, run_with_input},
-    tempdir::TempDir,
+    tempdir::{self, TempDir},
 };
 
 /// What a client saw: completed requests by HTTP status, and failures by error text.
@@ -45,7 +45,6 @@ pub struct Hey {
     method: Option<String>,
     body: Option<Vec<u8>>,
     rate_per_worker: Option<u32>,
-    headers: Vec<String>,
     request_timeout_secs: u32,
     deadline: Duration,
 }
@@ -61,7 +60,6 @@ impl Hey {
             method: None,
             body: None,
             rate_per_worker: None,
-            headers: Vec::new(),
             request_timeout_secs: 10,
             deadline: Duration::from_secs(120),
         }
@@ -85,12 +83,6 @@ impl Hey {
         self
     }
 
-    /// HTTP method (`-m`).
-    pub fn method(mut self, method: &str) -> Self {
-        self.method = Some(method.to_owned());
-        self
-    }
-
     /// `POST` with `body` (`-m POST -D <file>`).
     pub fn post(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.method = Some("POST".to_owned());
@@ -101,12 +93,6 @@ impl Hey {
     /// A fixed rate: `rate` requests per second per worker (`-q`).
     pub fn rate_per_worker(mut self, rate: u32) -> Self {
         self.rate_per_worker = Some(rate);
-        self
-    }
-
-    /// An extra request header (`-H "Name: value"`).
-    pub fn header(mut self, header: &str) -> Self {
-        self.headers.push(header.to_owned());
         self
     }
 
@@ -133,7 +119,7 @@ impl Hey {
     }
 
     fn run_with(&self, mut command: Command) -> Result<ClientReport> {
-        let body_dir = TempDir::new("hey-body")?;
+        let body_dir = tempdir::new("hey-body")?;
         command.arg("-n").arg(self.requests.to_string());
         command.arg("-c").arg(self.concurrency.to_string());
         command.arg("-t").arg(self.request_timeout_secs.to_string());
@@ -145,13 +131,12 @@ impl Hey {
         }
         if let Some(body) = &self.body {
             // A file, not -d: arbitrary bytes and sizes beyond the argv limit.
-            command.arg("-D").arg(body_dir.write("body", body)?);
+            command
+                .arg("-D")
+                .arg(tempdir::write(&body_dir, "body", body)?);
         }
         if let Some(rate) = self.rate_per_worker {
             command.arg("-q").arg(rate.to_string());
-        }
-        for header in &self.headers {
-            command.args(["-H", header]);
         }
         command.arg(&self.url);
         let output = run(command, self.deadline)?.check("hey")?;
@@ -231,10 +216,8 @@ pub struct Curl {
     http10: bool,
     connection_close: bool,
     body: Option<Vec<u8>>,
-    method: Option<String>,
     expect_continue: bool,
     compressed: bool,
-    headers: Vec<String>,
     deadline: Duration,
 }
 
@@ -247,10 +230,8 @@ impl Curl {
             http10: false,
             connection_close: false,
             body: None,
-            method: None,
             expect_continue: false,
             compressed: false,
-            headers: Vec::new(),
             deadline: Duration::from_secs(60),
         }
     }
@@ -279,12 +260,6 @@ impl Curl {
         self
     }
 
-    /// `-X <method>`.
-    pub fn method(mut self, method: &str) -> Self {
-        self.method = Some(method.to_owned());
-        self
-    }
-
     /// `-H 'Expect: 100-continue'`: curl sends the body only after `100 Continue` (or after its
     /// one-second expect timeout).
     pub fn expect_continue(mut self) -> Self {
@@ -295,12 +270,6 @@ impl Curl {
     /// `--compressed`: sends `Accept-Encoding` and decodes the response.
     pub fn compressed(mut self) -> Self {
         self.compressed = true;
-        self
-    }
-
-    /// An extra request header.
-    pub fn header(mut self, header: &str) -> Self {
-        self.headers.push(header.to_owned());
         self
     }
 
@@ -344,22 +313,16 @@ impl Curl {
         if self.compressed {
             command.arg("--compressed");
         }
-        if let Some(method) = &self.method {
-            command.args(["-X", method]);
-        }
         if let Some(body) = &self.body {
             let mut arg = std::ffi::OsString::from("@");
-            arg.push(body_dir.write("body", body)?);
+            arg.push(tempdir::write(body_dir, "body", body)?);
             command.arg("--data-binary").arg(arg);
-        }
-        for header in &self.headers {
-            command.args(["-H", header]);
         }
         Ok(())
     }
 
     fn run_counting(&self, mut command: Command) -> Result<ClientReport> {
-        let body_dir = TempDir::new("curl-body")?;
+        let body_dir = tempdir::new("curl-body")?;
         self.common_args(&mut command, &body_dir)?;
         command.args(["--write-out", "%{http_code}\\n", "--config", "-"]);
         // The URLs come from a config on stdin: no argv limit, and each gets its own output.
@@ -385,7 +348,7 @@ impl Curl {
     }
 
     fn run_verbose(&self, mut command: Command) -> Result<CommandOutput> {
-        let body_dir = TempDir::new("curl-body")?;
+        let body_dir = tempdir::new("curl-body")?;
         command.arg("--verbose");
         self.common_args(&mut command, &body_dir)?;
         command.arg(&self.url);

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::{
     ChildGuard, ClientReport, Cluster, Pod, TempDir, autoscale::Server, clients::parse_hey,
-    control_plane::ControlPlane,
+    control_plane::ControlPlane, tempdir,
 };
 
 /// Namespace of the ingress and client pods (they are no Kubernetes objects).
@@ -89,7 +89,7 @@ impl<'c> Workload<'c> {
     pub fn start(cluster: &'c Cluster, namespace: &str, name: &str) -> Result<Self> {
         let client = cluster.pod(LOAD_NAMESPACE, &format!("client-{name}"))?;
         let ingress_pod = cluster.pod(LOAD_NAMESPACE, &format!("ingress-{name}"))?;
-        let upstream_dir = TempDir::new(&format!("upstream-{name}"))?;
+        let upstream_dir = tempdir::new(&format!("upstream-{name}"))?;
         let upstream = write_upstream(&upstream_dir, std::iter::empty())?;
         let ingress = Server::start(
             &ingress_pod,
@@ -281,5 +281,5 @@ fn write_upstream<'a, 'c: 'a>(
     if servers.is_empty() {
         servers.push_str("server 127.0.0.1:1 down;\n");
     }
-    dir.write(UPSTREAM_FILE, servers)
+    tempdir::write(dir, UPSTREAM_FILE, servers)
 }

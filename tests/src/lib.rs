@@ -49,13 +49,11 @@ pub mod tempdir;
 pub mod wait;
 
 pub use agent::{AgentProcess, PodCounts};
-pub use cgroup::CgroupGuard;
 pub use clients::{ClientReport, Curl, Hey};
-pub use hostnet::HostNetworkReport;
-pub use lock::{SerialGuard, serial};
-pub use netns::{Cluster, Network, Pod};
+pub use lock::serial;
+pub use netns::{Cluster, Pod};
 pub use nginx::Nginx;
-pub use process::{ChildGuard, CommandOutput, run, run_ok, run_with_input};
+pub use process::{ChildGuard, run, run_ok, run_with_input};
 pub use tempdir::TempDir;
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.

@@ -4,7 +4,7 @@
 
 use std::{
     net::{TcpListener, TcpStream},
-    process::{Command, ExitStatus},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::{
     AgentProcess, ChildGuard, TempDir,
     control_plane::{ControlPlane, Credentials},
+    tempdir,
 };
 
 /// Namespace and name of the metrics API's ServiceAccount and Service.
@@ -23,8 +24,6 @@ pub const NAME: &str = "podmeter-metrics-api";
 const AGENT_TOKEN_FILE: &str = "agent-token";
 /// How long the process may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `terminate` waits after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// The DNS names and address the apiserver's proxy may dial or verify: it verifies the serving
 /// certificate against `<service>.<namespace>.svc`, and connects to the ExternalName.
@@ -199,7 +198,7 @@ pub fn apiservice_available(cp: &ControlPlane, name: &str) -> Result<(bool, Valu
 /// A running `podmeter metrics-api`; dropping it stops it.
 #[derive(Debug)]
 pub struct MetricsApiProcess {
-    process: ChildGuard,
+    _process: ChildGuard,
     port: u16,
     /// Files it reads (e.g. its token for the agents), removed after it stops.
     files: Option<TempDir>,
@@ -232,7 +231,7 @@ impl MetricsApiProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(Self {
-            process,
+            _process: process,
             port,
             files: None,
         })
@@ -245,11 +244,6 @@ impl MetricsApiProcess {
     /// The file with the bearer token it sends to the agents, when [`start_registered`] made it.
     pub fn agent_token_file(&self) -> Option<std::path::PathBuf> {
         self.files.as_ref().map(|f| f.path().join(AGENT_TOKEN_FILE))
-    }
-
-    /// Sends SIGTERM and returns the exit status (SIGKILL after 15 s).
-    pub fn terminate(&mut self) -> Result<ExitStatus> {
-        self.process.terminate(STOP_GRACE)
     }
 }
 
@@ -269,8 +263,12 @@ pub fn start_registered(cp: &ControlPlane, agents: &[&str]) -> Result<MetricsApi
         .issue_serving_cert(NAME, &sans)
         .context("serving certificate")?;
     let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("non UTF-8 path");
-    let files = TempDir::new("metrics-api")?;
-    let token = files.write(AGENT_TOKEN_FILE, identity.token().context("a token")?)?;
+    let files = tempdir::new("metrics-api")?;
+    let token = tempdir::write(
+        &files,
+        AGENT_TOKEN_FILE,
+        identity.token().context("a token")?,
+    )?;
     let (kubeconfig, cert, key, token) = (
         path(identity.kubeconfig())?,
         path(&serving.cert)?,

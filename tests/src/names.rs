@@ -14,7 +14,7 @@ pub(crate) const BRIDGE_PREFIX: &str = "pmb";
 pub(crate) const VETH_PREFIX: &str = "pmv";
 /// Prefix of test parent cgroups: `podmeter-test-<pid>-<id>`.
 pub(crate) const CGROUP_PREFIX: &str = "podmeter-test-";
-/// Prefix of temp dirs: `podmeter-test-<pid>-<id>-<label>`.
+/// Prefix of temp dirs: `podmeter-test-<pid>-<id>-<label>-XXXXXX`.
 pub(crate) const TEMP_DIR_PREFIX: &str = "podmeter-test-";
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL).
@@ -44,7 +44,7 @@ pub(crate) fn temp_dir_stem(id: u32) -> String {
     format!("{TEMP_DIR_PREFIX}{}-{id}", std::process::id())
 }
 
-/// The PID encoded in a temp dir name made from [`temp_dir_stem`] (`<stem>-<label>`).
+/// The PID encoded in a temp dir name made from [`temp_dir_stem`] (`<stem>-<label>-XXXXXX`).
 pub(crate) fn temp_dir_owner(name: &str) -> Option<u32> {
     let mut parts = name.strip_prefix(TEMP_DIR_PREFIX)?.splitn(3, '-');
     let pid = parts.next()?.parse().ok()?;

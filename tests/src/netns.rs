@@ -17,8 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     cgroup::CgroupGuard,
-    hostnet::{self, HostNetworkReport},
-    names,
+    hostnet, names,
     process::{ChildGuard, CommandOutput, place, run, run_with_input},
     stale,
 };
@@ -34,16 +33,12 @@ const FIRST_POD_HOST: u8 = 2;
 /// Generous bound for one `ip` invocation.
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Another name for [`Cluster`]: the shared network plus the test's parent cgroup.
-pub type Network = Cluster;
-
 /// A bridge in the root namespace plus the test's parent cgroup; pods are created from it.
 #[derive(Debug)]
 pub struct Cluster {
     bridge: String,
     subnet: u8,
     next_host: Cell<u8>,
-    host_network: &'static HostNetworkReport,
     cgroups: CgroupGuard,
 }
 
@@ -51,7 +46,7 @@ impl Cluster {
     /// Creates the bridge and the parent cgroup, after removing leftovers of killed test runs and
     /// checking that the root firewall does not drop test traffic.
     pub fn new() -> Result<Self> {
-        let host_network = hostnet::check_host_network()?;
+        hostnet::check_host_network()?;
         stale::remove_leftovers_of_dead_runs();
         let cgroups = CgroupGuard::create_test_parent()?;
         let subnet = free_subnet()?;
@@ -59,7 +54,6 @@ impl Cluster {
             bridge: String::new(),
             subnet,
             next_host: Cell::new(FIRST_POD_HOST),
-            host_network,
             cgroups,
         };
         let bridge = names::bridge_name(names::next_id());
@@ -133,11 +127,6 @@ impl Cluster {
     /// The bridge's address, which is every pod's default gateway.
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(SUBNET_BASE[0], SUBNET_BASE[1], self.subnet, 1)
-    }
-
-    /// What the root namespace's firewall and bridge netfilter do to test traffic.
-    pub fn host_network(&self) -> &HostNetworkReport {
-        self.host_network
     }
 }
 
@@ -230,14 +219,6 @@ impl Pod<'_> {
 
     pub fn cgroup_dir(&self) -> &Path {
         self.cgroup.path()
-    }
-
-    pub fn cgroup(&self) -> &CgroupGuard {
-        &self.cgroup
-    }
-
-    pub fn cluster(&self) -> &Cluster {
-        self.cluster
     }
 
     /// A command that will run inside this pod: in its netns and in its cgroup.

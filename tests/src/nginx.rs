@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     netns::Pod,
     process::{ChildGuard, TERM_GRACE},
-    tempdir::TempDir,
+    tempdir::{self, TempDir},
     wait::poll_until,
 };
 
@@ -47,10 +47,10 @@ pub struct Nginx<'p> {
 impl<'p> Nginx<'p> {
     /// Starts nginx in `pod` and returns once it listens on port 80 and on its backends.
     pub fn start(pod: &'p Pod<'p>) -> Result<Self> {
-        let dir = TempDir::new("nginx")?;
-        dir.write("chunked.txt", chunked_body())?;
+        let dir = tempdir::new("nginx")?;
+        tempdir::write(&dir, "chunked.txt", chunked_body())?;
         let config = config(dir.path());
-        let config_path = dir.write("nginx.conf", &config)?;
+        let config_path = tempdir::write(&dir, "nginx.conf", &config)?;
         let error_log = dir.path().join("error.log");
 
         let mut command = pod.command("nginx")?;
@@ -109,18 +109,9 @@ impl<'p> Nginx<'p> {
         self.pod.url(path)
     }
 
-    pub fn pod(&self) -> &Pod<'p> {
-        self.pod
-    }
-
     /// PID of the nginx master process (the worker is its child, in the same cgroup).
     pub fn pid(&self) -> u32 {
         self.process.pid()
-    }
-
-    /// Directory with the generated config, logs and temp files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn backend_socket(&self) -> std::path::PathBuf {

@@ -42,8 +42,6 @@ pub struct PacedHey {
     rate_per_worker: u32,
     workers: u32,
     duration: Duration,
-    method: Option<String>,
-    body: Option<String>,
 }
 
 impl PacedHey {
@@ -59,21 +57,7 @@ impl PacedHey {
             rate_per_worker,
             workers,
             duration,
-            method: None,
-            body: None,
         }
-    }
-
-    /// HTTP method (`-m`).
-    pub fn method(mut self, method: &str) -> Self {
-        self.method = Some(method.to_owned());
-        self
-    }
-
-    /// Request body (`-d`), for short text bodies.
-    pub fn body(mut self, body: &str) -> Self {
-        self.body = Some(body.to_owned());
-        self
     }
 
     /// The rate hey is asked for.
@@ -91,14 +75,8 @@ impl PacedHey {
             .arg(self.workers.to_string())
             .arg("-z")
             .arg(format!("{}s", self.duration.as_secs().max(1)))
-            .args(["-t", "10"]);
-        if let Some(method) = &self.method {
-            command.args(["-m", method]);
-        }
-        if let Some(body) = &self.body {
-            command.args(["-d", body]);
-        }
-        command.arg(&self.url);
+            .args(["-t", "10"])
+            .arg(&self.url);
         Ok(PreparedHey {
             command,
             // hey stops at the duration, then finishes the requests in flight.

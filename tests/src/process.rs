@@ -153,10 +153,6 @@ impl ChildGuard {
         self.child.id()
     }
 
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
     /// The underlying child, e.g. to take a piped stdout.
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
@@ -266,7 +262,6 @@ pub struct CommandOutput {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
-    pub elapsed: Duration,
 }
 
 impl CommandOutput {
@@ -305,7 +300,6 @@ pub fn run_with_input(
     input: &[u8],
     timeout: Duration,
 ) -> Result<CommandOutput> {
-    let started = Instant::now();
     let what = format!("{command:?}");
     command.stdin(if input.is_empty() {
         Stdio::null()
@@ -342,7 +336,6 @@ pub fn run_with_input(
         status,
         stdout: collect(stdout),
         stderr: collect(stderr),
-        elapsed: started.elapsed(),
     })
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     process::{ChildGuard, CommandOutput, run_with_input},
-    tempdir::TempDir,
+    tempdir::{self, TempDir},
     wait::poll_until,
 };
 
@@ -38,7 +38,7 @@ pub struct Sample {
 pub struct Prometheus {
     // Field order matters: the process stops before its directory is removed.
     process: ChildGuard,
-    dir: TempDir,
+    _dir: TempDir,
     base_url: String,
     http: ureq::Agent,
 }
@@ -47,7 +47,7 @@ impl Prometheus {
     /// Starts Prometheus on a free loopback port, scraping `target` (`host:port`, path
     /// `/metrics`) every `interval`, and returns once it is ready.
     pub fn start(target: SocketAddr, interval: Duration) -> Result<Self> {
-        let dir = TempDir::new("prometheus")?;
+        let dir = tempdir::new("prometheus")?;
         let interval_ms = interval.as_millis().max(100);
         // honor_labels: the agent's namespace/pod labels name the pod that served, not the
         // scrape target, and must not be renamed to exported_*.
@@ -56,7 +56,7 @@ impl Prometheus {
              evaluation_interval: {interval_ms}ms\nscrape_configs:\n  - job_name: podmeter\n    \
              honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        let config_path = dir.write("prometheus.yml", &config)?;
+        let config_path = tempdir::write(&dir, "prometheus.yml", &config)?;
         let port = free_loopback_port()?;
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(PROMETHEUS_BIN);
@@ -77,7 +77,7 @@ impl Prometheus {
             .into();
         let mut prometheus = Self {
             process,
-            dir,
+            _dir: dir,
             base_url: format!("http://{listen}"),
             http,
         };
@@ -107,16 +107,6 @@ impl Prometheus {
             bail!("prometheus was not ready within {START_TIMEOUT:?}");
         }
         Ok(())
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
-    /// Directory with the configuration and the storage.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
     }
 
     fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value> {

@@ -15,7 +15,12 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::{netns::Pod, process::ChildGuard, tempdir::TempDir, wait::poll_until};
+use crate::{
+    netns::Pod,
+    process::ChildGuard,
+    tempdir::{self, TempDir},
+    wait::poll_until,
+};
 
 /// The server listens on this port on all of the pod's addresses.
 pub const PORT: u16 = 8080;
@@ -77,15 +82,15 @@ Server(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 pub struct ScriptedServer<'p> {
     pod: &'p Pod<'p>,
     // Field order matters: the process stops before its directory is removed.
-    process: ChildGuard,
+    _process: ChildGuard,
     _dir: TempDir,
 }
 
 impl<'p> ScriptedServer<'p> {
     /// Starts the server in `pod` and returns once it listens on [`PORT`].
     pub fn start(pod: &'p Pod<'p>) -> Result<Self> {
-        let dir = TempDir::new("scripted")?;
-        let script = dir.write("server.py", SCRIPT)?;
+        let dir = tempdir::new("scripted")?;
+        let script = tempdir::write(&dir, "server.py", SCRIPT)?;
         let mut command = pod.command("python3")?;
         command.arg(&script).arg(PORT.to_string());
         let mut process = ChildGuard::spawn_forwarding(
@@ -109,7 +114,7 @@ impl<'p> ScriptedServer<'p> {
         }
         Ok(Self {
             pod,
-            process,
+            _process: process,
             _dir: dir,
         })
     }
@@ -117,9 +122,5 @@ impl<'p> ScriptedServer<'p> {
     /// `http://<pod ip>:8080<path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}:{PORT}{path}", self.pod.ip())
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
     }
 }

@@ -47,17 +47,12 @@ fn keepalive_requests_between_two_pods_count_once_for_each_side() {
     );
 
     let entry = agent.pod_entry("default", "pod-b").expect("pod entry");
-    assert_eq!(entry["inbound"]["responses"]["2xx"], 1000, "{entry}");
+    assert_eq!(entry.inbound.totals.responses.success, 1000, "{entry:?}");
     // hey keeps 4 connections open: the events paired every request with its response.
-    assert_eq!(entry["observed"]["inbound"]["exchanges"], 1000, "{entry}");
-    assert_eq!(
-        entry["observed"]["inbound"]["by_method"]["GET"], 1000,
-        "{entry}"
-    );
-    assert_eq!(
-        entry["observed"]["inbound"]["latency_count"], 1000,
-        "{entry}"
-    );
+    let observed = &entry.observed.inbound;
+    assert_eq!(observed.exchanges, 1000, "{entry:?}");
+    assert_eq!(observed.by_method.get("GET"), Some(&1000), "{entry:?}");
+    assert_eq!(observed.latency_count, 1000, "{entry:?}");
     assert!(agent.terminate().expect("stop agent").success());
 }
 
@@ -137,18 +132,15 @@ fn close_http10_bodies_chunked_and_100_continue_each_count_once() {
     );
     let c = agent.pod_entry("default", "pod-c").expect("pod entry");
     // 100 Continue is interim: the exchanges end with their 200, none with the 100.
-    assert_eq!(c["inbound"]["responses"]["2xx"], 100, "{c}");
-    assert_eq!(c["inbound"]["responses"]["1xx"], 0, "{c}");
-    assert_eq!(c["observed"]["inbound"]["by_method"]["POST"], 40, "{c}");
+    assert_eq!(c.inbound.totals.responses.success, 100, "{c:?}");
+    assert_eq!(c.inbound.totals.responses.informational, 0, "{c:?}");
+    assert_eq!(c.observed.inbound.by_method.get("POST"), Some(&40), "{c:?}");
     let a = agent.pod_entry("default", "pod-a").expect("pod entry");
-    assert_eq!(a["outbound"]["responses"]["2xx"], 100, "{a}");
-    let stats = agent.get("/v1/agent").expect("agent stats");
+    assert_eq!(a.outbound.totals.responses.success, 100, "{a:?}");
+    let stats = agent.health().expect("agent stats");
     assert!(
-        stats["kernel"]["body_matches_skipped"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "bodies were looked at: {stats}"
+        stats.kernel.body_matches_skipped > 0,
+        "bodies were looked at: {stats:?}"
     );
     assert!(agent.terminate().expect("stop agent").success());
 }
@@ -180,13 +172,9 @@ fn a_client_outside_the_pods_counts_for_the_server_only() {
             outbound: 0
         }
     );
-    let pods = agent.get("/v1/pods").expect("pods");
-    assert_eq!(
-        pods["pods"].as_array().map(Vec::len),
-        Some(1),
-        "only pod-b saw traffic: {pods}"
-    );
-    assert_eq!(pods["unattributed"]["outbound"]["requests"], 0, "{pods}");
+    let pods = agent.pods().expect("pods");
+    assert_eq!(pods.pods.len(), 1, "only pod-b saw traffic: {pods:?}");
+    assert_eq!(pods.unattributed.outbound.totals.requests, 0, "{pods:?}");
     assert!(agent.terminate().expect("stop agent").success());
 }
 
@@ -241,17 +229,14 @@ fn five_percent_packet_loss_keeps_counts_exact() {
     );
     let b = agent.pod_entry("default", "pod-b").expect("pod entry");
     assert_eq!(
-        b["inbound"]["responses"]["2xx"], served,
-        "every exchange ended with its 200: {b}"
+        b.inbound.totals.responses.success, served,
+        "every exchange ended with its 200: {b:?}"
     );
-    let stats = agent.get("/v1/agent").expect("agent stats");
-    eprintln!("agent statistics after the lossy run: {stats}");
+    let stats = agent.health().expect("agent stats");
+    eprintln!("agent statistics after the lossy run: {stats:?}");
     assert!(
-        stats["kernel"]["retransmissions_skipped"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "with 5% loss some request starts were retransmitted and skipped: {stats}"
+        stats.kernel.retransmissions_skipped > 0,
+        "with 5% loss some request starts were retransmitted and skipped: {stats:?}"
     );
     pod_a.clear_ingress_loss().expect("clear loss a");
     pod_b.clear_ingress_loss().expect("clear loss b");

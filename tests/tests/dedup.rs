@@ -46,9 +46,9 @@ fn a_sidecar_handing_requests_to_its_app_over_loopback_counts_once() {
     );
     // The loopback hop was seen on both of its sockets, and kept apart.
     let b = agent.pod_entry("default", "pod-b").expect("pod entry");
-    assert_eq!(b["loopback_inbound"]["requests"], 400, "{b}");
-    assert_eq!(b["loopback_outbound"]["requests"], 400, "{b}");
-    assert_eq!(b["inbound"]["responses"]["2xx"], 400, "{b}");
+    assert_eq!(b.loopback_inbound.totals.requests, 400, "{b:?}");
+    assert_eq!(b.loopback_outbound.totals.requests, 400, "{b:?}");
+    assert_eq!(b.inbound.totals.responses.success, 400, "{b:?}");
     assert!(agent.terminate().expect("stop agent").success());
 }
 

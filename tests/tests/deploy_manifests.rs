@@ -3,12 +3,12 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use podmeter_tests::{TempDir, control_plane::ControlPlane, run, run_with_input, serial};
+use podmeter_tests::{TempDir, control_plane::ControlPlane, run, run_with_input, serial, tempdir};
 
 /// Copies `deploy/` to a scratch directory so the self-signed overlay's certificates are made
 /// there, not in the source tree.
 fn scratch_deploy() -> TempDir {
-    let dir = TempDir::new("deploy").expect("temp dir");
+    let dir = tempdir::new("deploy").expect("temp dir");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut cp = Command::new("cp");
     cp.arg("-r").arg(&source).arg(dir.path());

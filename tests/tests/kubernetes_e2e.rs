@@ -23,6 +23,7 @@ use std::{
 
 use podmeter_tests::{
     AgentProcess, Cluster, Pod,
+    agent::pod_in,
     autoscale::start_paced_hey,
     control_plane::{CONTROLLERS, ControlPlane, ControlPlaneOptions, wait_until},
     metrics_api::{self, pod_values},
@@ -30,7 +31,8 @@ use podmeter_tests::{
     scripted::ScriptedServer,
     serial,
 };
-use serde_json::{Value, json};
+use podmeter_wire::{PodReply, PodsReply, Workload};
+use serde_json::json;
 
 const SHOP: &str = "shop";
 const NODE: &str = "node-1";
@@ -151,7 +153,7 @@ fn bind(cp: &ControlPlane, name: &str) {
 }
 
 /// The agent's `/v1/pods`, with the bearer token its API requires.
-fn agent_pods(agent: &AgentProcess, token: &str) -> Value {
+fn agent_pods(agent: &AgentProcess, token: &str) -> PodsReply {
     let mut curl = Command::new("curl");
     curl.args(["-sf", "-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("{}/v1/pods", agent.base_url()));
@@ -159,11 +161,8 @@ fn agent_pods(agent: &AgentProcess, token: &str) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
-fn entry<'a>(pods: &'a Value, name: &str) -> Option<&'a Value> {
-    pods["pods"]
-        .as_array()?
-        .iter()
-        .find(|p| p["namespace"] == SHOP && p["name"] == name)
+fn entry<'a>(pods: &'a PodsReply, name: &str) -> Option<&'a PodReply> {
+    pod_in(pods, SHOP, name)
 }
 
 fn within(value: f64, expected: f64) -> bool {
@@ -388,25 +387,21 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     // client's cgroup is no kubelet pod's: its requests count for no pod.
     let pods = agent_pods(&agent, &token);
     for replica in [&first, &second] {
-        let e = entry(&pods, &replica.name).unwrap_or_else(|| panic!("{} in {pods}", replica.name));
-        assert_eq!(e["uid"], replica.uid.as_str(), "{e}");
+        let e =
+            entry(&pods, &replica.name).unwrap_or_else(|| panic!("{} in {pods:?}", replica.name));
+        assert_eq!(e.uid.as_deref(), Some(replica.uid.as_str()), "{e:?}");
         assert_eq!(
-            e["workload"],
-            json!({"kind": "Deployment", "name": "web"}),
-            "{e}"
+            e.workload,
+            Some(Workload::new("Deployment", "web")),
+            "{e:?}"
         );
     }
     assert!(
-        pods["unattributed"]["outbound"]["requests"].as_u64() > Some(0),
-        "{}",
-        pods["unattributed"]
+        pods.unattributed.outbound.totals.requests > 0,
+        "{:?}",
+        pods.unattributed
     );
-    assert!(
-        pods["pods"]
-            .as_array()
-            .is_some_and(|p| p.iter().all(|p| p["namespace"] == SHOP)),
-        "{pods}"
-    );
+    assert!(pods.pods.iter().all(|p| p.namespace == SHOP), "{pods:?}");
 
     // Churn: the first pod is deleted (its load, server and netns pod go) and the ReplicaSet
     // makes a replacement, which runs under the same load.
@@ -462,8 +457,8 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     let sent_bound = f64::from(RATES[0]) * hey_started.elapsed().as_secs_f64() * (1.0 + TOLERANCE);
     let pods = agent_pods(&agent, &token);
     let e = entry(&pods, &replacement.name).expect("replacement listed");
-    assert_eq!(e["uid"], replacement.uid.as_str());
-    let counted = e["inbound"]["requests"].as_f64().expect("requests");
+    assert_eq!(e.uid.as_deref(), Some(replacement.uid.as_str()));
+    let counted = e.inbound.totals.requests as f64;
     assert!(
         counted > 0.0 && counted <= sent_bound,
         "the replacement counted {counted}, more than its hey could send ({sent_bound:.0})"

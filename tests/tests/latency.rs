@@ -8,23 +8,31 @@ use std::time::Duration;
 use podmeter_tests::{
     AgentProcess, Cluster, paced::PacedHey, scripted::ScriptedServer, serial, wait::poll_until,
 };
-use serde_json::Value;
+use podmeter_wire::{DurationSummary, FlowReply, PodReply};
 
 /// The agent's window; every phase below runs longer than it.
 const WINDOW_SECS: u64 = 5;
 /// A bucket's midpoint is within 1.1 % of the durations it holds (agent/src/latency.rs).
 const PRECISION: f64 = 0.011;
 
-/// The `duration` object of one flow of a pod, `Value::Null` when the window has no exchanges.
-fn duration(agent: &AgentProcess, pod: &str, flow: &str) -> Value {
+/// The `duration` of one flow of a pod, `None` when the window has no exchanges.
+fn duration(
+    agent: &AgentProcess,
+    pod: &str,
+    flow: fn(&PodReply) -> &FlowReply,
+) -> Option<DurationSummary> {
     let entry = agent.pod_entry("default", pod).expect("pod listed");
-    entry[flow]["duration"].clone()
+    flow(&entry).duration
 }
 
-fn seconds(d: &Value, quantile: &str) -> f64 {
-    d[format!("{quantile}_seconds")]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{quantile} in {d}"))
+fn seconds(d: &DurationSummary, quantile: &str) -> f64 {
+    match quantile {
+        "p50" => d.p50_seconds,
+        "p90" => d.p90_seconds,
+        "p95" => d.p95_seconds,
+        "p99" => d.p99_seconds,
+        _ => panic!("no {quantile} in {d:?}"),
+    }
 }
 
 /// `value` is a server-side duration of a request the server delayed by `delay_ms`: at least the
@@ -56,19 +64,21 @@ fn windowed_duration_quantiles_follow_the_servers_delays() {
     assert_eq!(mix.statuses.failed(), 0, "{mix:?}");
     // The last exchanges reach the window at the agent's next ring buffer drain (100 ms).
     std::thread::sleep(Duration::from_millis(300));
-    let server_side = duration(&agent, "pod-b", "inbound");
-    let client_side = duration(&agent, "pod-a", "outbound");
+    let server_side = duration(&agent, "pod-b", |p| &p.inbound);
+    let client_side = duration(&agent, "pod-a", |p| &p.outbound);
     eprintln!(
-        "hey p50/p90/p95/p99: {:?}; agent inbound of pod-b {server_side}; outbound of pod-a {client_side}",
+        "hey p50/p90/p95/p99: {:?}; agent inbound of pod-b {server_side:?}; outbound of pod-a {client_side:?}",
         mix.latency
     );
-    let exchanges = server_side["exchanges"].as_u64().expect("exchanges");
+    let server_side = server_side.expect("exchanges in pod-b's inbound window");
+    let client_side = client_side.expect("exchanges in pod-a's outbound window");
+    let exchanges = server_side.exchanges;
     let completed = mix.statuses.status(200);
     assert!(
         exchanges <= completed && exchanges * 2 >= completed,
         "{exchanges} exchanges in the window of {completed} sent over 4 s"
     );
-    assert_eq!(client_side["exchanges"], server_side["exchanges"]);
+    assert_eq!(client_side.exchanges, server_side.exchanges);
     assert_served_after(seconds(&server_side, "p50"), 20, "p50");
     for q in ["p90", "p95", "p99"] {
         assert_served_after(seconds(&server_side, q), 200, q);
@@ -96,7 +106,8 @@ fn windowed_duration_quantiles_follow_the_servers_delays() {
     .expect("hey /delay");
     assert_eq!(steady.statuses.failed(), 0, "{steady:?}");
     std::thread::sleep(Duration::from_millis(300));
-    let server_side = duration(&agent, "pod-b", "inbound");
+    let server_side =
+        duration(&agent, "pod-b", |p| &p.inbound).expect("exchanges in pod-b's inbound window");
     for q in ["p50", "p90", "p95", "p99"] {
         assert_served_after(seconds(&server_side, q), 50, q);
     }
@@ -105,13 +116,13 @@ fn windowed_duration_quantiles_follow_the_servers_delays() {
     let emptied = poll_until(
         Duration::from_secs(WINDOW_SECS + 3),
         Duration::from_millis(250),
-        || duration(&agent, "pod-b", "inbound").is_null(),
+        || duration(&agent, "pod-b", |p| &p.inbound).is_none(),
     );
     assert!(
         emptied,
-        "still {} after the window",
-        duration(&agent, "pod-b", "inbound")
+        "still {:?} after the window",
+        duration(&agent, "pod-b", |p| &p.inbound)
     );
-    assert!(duration(&agent, "pod-a", "outbound").is_null());
+    assert!(duration(&agent, "pod-a", |p| &p.outbound).is_none());
     drop(server);
 }

@@ -13,11 +13,11 @@ use std::{
 };
 
 use podmeter_tests::{
-    AgentProcess, Cluster, Nginx, TempDir,
+    AgentProcess, Cluster, Nginx,
     clients::parse_hey,
     control_plane::{ControlPlane, wait_until},
     metrics_api::{self, MetricsApiProcess, pod_values, quantity},
-    run, serial,
+    run, serial, tempdir,
 };
 
 const NAMESPACE: &str = "default";
@@ -109,10 +109,13 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
     let serving = cp
         .issue_serving_cert(metrics_api::NAME, &sans)
         .expect("serving certificate");
-    let files = TempDir::new("metrics-api-e2e").expect("temp dir");
-    let token_file = files
-        .write("agent-token", identity.token().expect("a token").as_bytes())
-        .expect("token file");
+    let files = tempdir::new("metrics-api-e2e").expect("temp dir");
+    let token_file = tempdir::write(
+        &files,
+        "agent-token",
+        identity.token().expect("a token").as_bytes(),
+    )
+    .expect("token file");
     // The agent answers 401 without a valid bearer token, 200 with the metrics API's.
     let curl_agent = |token: Option<&str>| {
         let mut curl = Command::new("curl");

@@ -80,8 +80,7 @@ fn json_rate(agent: &AgentProcess, namespace: &str, name: &str) -> f64 {
     agent
         .pod_entry(namespace, name)
         .ok()
-        .and_then(|pod| pod["inbound"]["rate"].as_f64())
-        .unwrap_or(0.0)
+        .map_or(0.0, |pod| pod.inbound.rate)
 }
 
 fn relative_error(measured: f64, expected: f64) -> f64 {
@@ -214,9 +213,9 @@ fn prometheus_rate_and_the_gauge_match_the_rate_hey_drives() {
         // pod-b is listed for sure now: an error here must fail, not read as a fallen rate.
         let rate = agent
             .pod_entry("default", "pod-b")
-            .expect("pod-b stays listed")["inbound"]["rate"]
-            .as_f64()
-            .expect("a rate");
+            .expect("pod-b stays listed")
+            .inbound
+            .rate;
         if rate <= 0.1 * driven {
             fell_to_10 = Some(ended.elapsed());
             break;
@@ -350,8 +349,8 @@ fn status_classes_methods_and_latency_percentiles_agree_with_hey() {
         }
     }
     // Methods come from the paired events: exact as long as none was dropped.
-    let stats = agent.get("/v1/agent").expect("agent stats");
-    assert_eq!(stats["kernel"]["events_dropped"], 0, "{stats}");
+    let stats = agent.health().expect("agent stats");
+    assert_eq!(stats.kernel.events_dropped, 0, "{stats:?}");
     let b = [("pod", "pod-b")];
     let observed = "podmeter_http_server_observed_requests_total";
     assert_eq!(
@@ -571,8 +570,8 @@ fn ten_thousand_distinct_paths_stay_under_the_route_cap() {
             .inbound,
         10_000
     );
-    let stats = agent.get("/v1/agent").expect("agent stats");
-    assert_eq!(stats["kernel"]["events_dropped"], 0, "{stats}");
+    let stats = agent.health().expect("agent stats");
+    assert_eq!(stats.kernel.events_dropped, 0, "{stats:?}");
     let scrape = agent.get_text("/metrics").expect("scrape");
     for (side, pod) in [("server", "pod-b"), ("client", "pod-a")] {
         let observed = format!("podmeter_http_{side}_observed_requests_total");

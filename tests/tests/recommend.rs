@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use podmeter_tests::{AgentProcess, Cluster, Nginx, TempDir, run, serial};
+use podmeter_tests::{AgentProcess, Cluster, Nginx, run, serial, tempdir};
 
 #[test]
 fn recommend_reads_live_rates_and_explains_the_decision() {
@@ -25,9 +25,9 @@ fn recommend_reads_live_rates_and_explains_the_decision() {
         .expect("hey");
     std::thread::sleep(Duration::from_secs(7));
 
-    let dir = TempDir::new("recommend").expect("temp dir");
-    let spec = dir
-        .write(
+    let dir = tempdir::new("recommend").expect("temp dir");
+    let spec = tempdir::write(
+        &dir,
             "spec.toml",
             "[[workloads]]\nname = \"web\"\nnamespace = \"shop\"\ntarget_per_pod = 20\nmax_replicas = 10\n",
         )

@@ -4,11 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::super::{
-    Autoscaler, Behavior, Clamp, ControllerConfig, Decision, HpaSpec, MetricError, MetricReport,
-    MetricSample, Outcome, Pod, PodState, PodsMetricTarget, PolicyKind, ProposalOutcome,
-    ScalingPolicy, ScalingRules, SelectPolicy, SpecError,
+use super::Autoscaler;
+use crate::decision::{Decision, MetricReport, Outcome};
+use crate::observed::{MetricSample, Pod, PodState};
+use crate::replicas::{MetricError, ProposalOutcome};
+use crate::spec::{
+    Behavior, ControllerConfig, Direction, HpaSpec, PodsMetricTarget, PolicyKind, ScalingPolicy,
+    ScalingRules, SelectPolicy, SpecError,
 };
+use crate::stabilize::Clamp;
 
 fn at(seconds: u64) -> Duration {
     Duration::from_secs(seconds)
@@ -297,7 +301,7 @@ fn failed_metrics() {
             largest_proposal: None
         }
     );
-    assert_eq!(hpa.history().recommendations().len(), 1);
+    assert_eq!(hpa.history.recommendations.len(), 1);
     assert_eq!(
         decision.to_string(),
         "rps: no pods returned by selector while calculating replica count: keep 3"
@@ -330,7 +334,7 @@ fn default_behavior_scale_up_policies() {
         "usage 100.0/pod vs target 10.0 -> ratio 10.00 x 1 ready pod = 10; capped at 5 by \
          scale-up policy 4 pods per 15 s (period start 1, selectPolicy Max): scale 1 -> 5"
     );
-    assert_eq!(hpa.history().scale_up_events().len(), 1);
+    assert_eq!(hpa.history.scale_up_events.len(), 1);
 }
 
 #[test]
@@ -402,8 +406,8 @@ fn rate_limit_by_scale_events_within_the_period() {
     );
     assert_eq!(decided, [2, 2, 2, 2, 3, 3, 3]);
     let events: Vec<(i64, Duration)> = hpa
-        .history()
-        .scale_up_events()
+        .history
+        .scale_up_events
         .iter()
         .map(|event| (event.replica_change, event.at))
         .collect();
@@ -420,7 +424,7 @@ fn rate_limit_by_scale_events_within_the_period() {
 fn scale_events_are_kept_only_with_behavior() {
     let mut hpa = autoscaler(spec(1, 20, vec![target("rps", 10)]));
     run_syncs(&mut hpa, 1, &[100_000, 25000]);
-    assert!(hpa.history().scale_up_events().is_empty());
+    assert!(hpa.history.scale_up_events.is_empty());
 }
 
 #[test]
@@ -467,7 +471,7 @@ fn set_spec_keeps_history() {
             max_replicas: 2
         })
     );
-    assert_eq!(hpa.spec().metrics, [target("rps", 5)]);
+    assert_eq!(hpa.spec.metrics, [target("rps", 5)]);
 }
 
 #[test]
@@ -509,7 +513,7 @@ fn spec_validation() {
                 ..base()
             },
             SpecError::WindowTooLong {
-                direction: super::super::Direction::Up,
+                direction: Direction::Up,
                 window: 3601,
             },
         ),
@@ -522,7 +526,7 @@ fn spec_validation() {
                 ..base()
             },
             SpecError::NoPolicies {
-                direction: super::super::Direction::Up,
+                direction: Direction::Up,
             },
         ),
         (
@@ -534,7 +538,7 @@ fn spec_validation() {
                 ..base()
             },
             SpecError::PolicyValueZero {
-                direction: super::super::Direction::Up,
+                direction: Direction::Up,
             },
         ),
         (
@@ -546,7 +550,7 @@ fn spec_validation() {
                 ..base()
             },
             SpecError::PolicyPeriodOutOfRange {
-                direction: super::super::Direction::Up,
+                direction: Direction::Up,
                 period_seconds: 1801,
             },
         ),

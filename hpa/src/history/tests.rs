@@ -103,7 +103,7 @@ fn initial_recommendation_only_once() {
     history.record_initial(3, NOW);
     history.record_initial(5, NOW + Duration::from_secs(15));
     assert_eq!(
-        history.recommendations(),
+        history.recommendations,
         [Recommendation {
             replicas: 3,
             at: NOW

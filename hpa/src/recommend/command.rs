@@ -7,26 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use podmeter_wire::PodsReply;
 
 use super::{PodRate, Recommendation, Recommender, SpecFile};
-
-#[derive(Deserialize)]
-struct PodsReply {
-    pods: Vec<PodEntry>,
-}
-
-#[derive(Deserialize)]
-struct PodEntry {
-    namespace: String,
-    name: String,
-    inbound: Flow,
-}
-
-#[derive(Deserialize)]
-struct Flow {
-    rate: f64,
-}
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

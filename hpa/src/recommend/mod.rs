@@ -27,25 +27,30 @@ use serde::{Deserialize, Serialize};
 pub mod command;
 
 use crate::{
-    Autoscaler, Behavior, ControllerConfig, Decision, HpaSpec, MetricSample, Pod, PodState,
-    PodsMetricTarget, SpecError,
+    autoscaler::Autoscaler,
+    decision::Decision,
+    observed::{MetricSample, Pod, PodState},
+    spec::{
+        Behavior, ControllerConfig, DEFAULT_MIN_REPLICAS, DEFAULT_SYNC_PERIOD_SECONDS, HpaSpec,
+        PodsMetricTarget, SpecError,
+    },
 };
 
 /// The metric podmeter serves to the HPA: inbound requests per second, per pod.
-pub const METRIC: &str = "http_requests_per_second";
+pub(crate) const METRIC: &str = "http_requests_per_second";
 
 /// A recommendation spec file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SpecFile {
+pub(crate) struct SpecFile {
     /// How often `podmeter recommend --watch` decides (the HPA controller's default is 15 s).
     #[serde(default = "default_sync_period_secs")]
-    pub sync_period_secs: u64,
-    pub workloads: Vec<WorkloadSpec>,
+    pub(crate) sync_period_secs: u64,
+    pub(crate) workloads: Vec<WorkloadSpec>,
 }
 
 fn default_sync_period_secs() -> u64 {
-    crate::DEFAULT_SYNC_PERIOD_SECONDS
+    DEFAULT_SYNC_PERIOD_SECONDS
 }
 
 fn default_namespace() -> String {
@@ -53,7 +58,7 @@ fn default_namespace() -> String {
 }
 
 fn default_min_replicas() -> u32 {
-    crate::DEFAULT_MIN_REPLICAS
+    DEFAULT_MIN_REPLICAS
 }
 
 /// One HPA-like spec.
@@ -77,7 +82,7 @@ pub struct WorkloadSpec {
 
 impl WorkloadSpec {
     /// Whether pod `namespace/name` belongs to this workload.
-    pub fn owns(&self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn owns(&self, namespace: &str, name: &str) -> bool {
         let prefix = self
             .pod_prefix
             .clone()
@@ -114,11 +119,11 @@ pub enum RecommendError {
 }
 
 impl SpecFile {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    pub fn read(path: &Path) -> Result<Self, RecommendError> {
+    pub(crate) fn read(path: &Path) -> Result<Self, RecommendError> {
         let file = |reason: String| RecommendError::File {
             path: path.display().to_string(),
             reason,
@@ -143,16 +148,16 @@ pub struct PodRate {
 /// One workload's decision at one sync.
 #[derive(Clone, Debug, Serialize)]
 pub struct Recommendation {
-    pub workload: String,
-    pub namespace: String,
-    pub target_per_pod: f64,
+    pub(crate) workload: String,
+    pub(crate) namespace: String,
+    pub(crate) target_per_pod: f64,
     /// Pods of the workload and the values used.
     pub pods: Vec<PodRate>,
     pub current_replicas: u32,
     pub desired_replicas: u32,
     /// The one-line reason (tolerance, stabilisation, limits...).
     pub reason: String,
-    pub decision: Decision,
+    pub(crate) decision: Decision,
 }
 
 /// Keeps an autoscaler per workload, with its recommendation and scale history.
@@ -177,10 +182,6 @@ impl Recommender {
             })
             .collect::<Result<_, RecommendError>>()?;
         Ok(Self { workloads })
-    }
-
-    pub fn specs(&self) -> impl Iterator<Item = &WorkloadSpec> {
-        self.workloads.iter().map(|(s, _)| s)
     }
 
     /// Decides for every workload. `pods` is every pod known on the node; each workload takes

@@ -1,10 +1,9 @@
 //! Every branch of `calcPlainMetricReplicas`, plus ports of `TestReplicaCalcPodMetric`
 //! (kubernetes `pkg/controller/podautoscaler/replica_calculator_test.go`).
 
-use super::super::{
-    MetricError, MetricSample, Pod, PodPhase, PodState, PodsMetricTarget, ProposalOutcome,
-    Tolerances, pods_metric_replicas,
-};
+use super::{MetricError, ProposalOutcome, Tolerances, pods_metric_replicas};
+use crate::observed::{MetricSample, Pod, PodPhase, PodState};
+use crate::spec::PodsMetricTarget;
 
 use PodState::{Ignored as I, Ready as R, Unready as U};
 

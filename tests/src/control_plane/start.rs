@@ -41,7 +41,7 @@ impl ControlPlane {
         let binaries = Binaries::locate()?;
         let started = Instant::now();
         let deadline = started + options.start_timeout;
-        let dir = TempDir::new("k8s")?;
+        let dir = crate::tempdir::new("k8s")?;
         let pki = Pki::generate(dir.path()).context("generating certificates with openssl")?;
         let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
         let server = format!("https://127.0.0.1:{api_port}");

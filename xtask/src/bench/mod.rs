@@ -318,9 +318,10 @@ pub fn run(args: &Args) -> Result<()> {
     if wants(Section::Profile) {
         println!("\nprofile: perf record -a -g during one saturating run with the agent on");
         if profile::perf_available() {
-            let dir = out
-                .parent()
-                .map_or_else(|| crate::test::target_dir().join("bench"), Path::to_path_buf);
+            let dir = out.parent().map_or_else(
+                || crate::test::target_dir().join("bench"),
+                Path::to_path_buf,
+            );
             summary.profile = Some(profile::measure(&lab, &dir)?);
         } else {
             println!("  skipped: perf is not installed (Debian: apt-get install linux-perf)");

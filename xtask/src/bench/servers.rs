@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use podmeter_tests::{ChildGuard, Pod, TempDir};
+use podmeter_tests::{ChildGuard, Pod, TempDir, tempdir};
 
 /// The app listens here on every address of its pod.
 pub const APP_PORT: u16 = 80;
@@ -36,12 +36,12 @@ pub struct BenchNginx {
 impl BenchNginx {
     /// `worker_connections` bounds the connections nginx accepts (and opens upstream).
     pub fn start(pod: &Pod<'_>, role: Role, cpu: usize, worker_connections: u64) -> Result<Self> {
-        let dir = TempDir::new(match role {
+        let dir = tempdir::new(match role {
             Role::App => "bench-app",
             Role::Proxy => "bench-proxy",
         })?;
         let config = config(&dir.path().display().to_string(), role, worker_connections);
-        let config_path = dir.write("nginx.conf", &config)?;
+        let config_path = tempdir::write(&dir, "nginx.conf", &config)?;
         let error_log = dir.path().join("error.log");
         let mut command = pod.command("taskset")?;
         command
