@@ -13,17 +13,11 @@ use std::{
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use podmeter_agent::{
-    books::Books,
-    books::rates::RateWindow,
-    books::routes,
-    connections::pairing::Flows,
-    events::decode as events,
-    events::drain::Drain,
-    exporters::metrics::{Metrics, health::AgentInfo},
-    fast_map::FastMap,
-    identity::PodId,
-    kernel::counters::{self, Deltas},
-    run::{Health, NodeState, Shared},
+    DEFAULT_ROUTE_CAP, RateWindow,
+    pipeline::{
+        AgentInfo, Books, Deltas, Drain, FastMap, Flows, Health, Metrics, NodeState, PodId, Shared,
+        by_pod, decode,
+    },
 };
 use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, counter, event_kind, peer, role};
 use prometheus_client::registry::Registry;
@@ -132,7 +126,7 @@ fn node_state(route_labels: bool) -> Shared {
             books: Books::new(
                 RateWindow::DEFAULT,
                 started,
-                route_labels.then_some(usize::from(routes::DEFAULT_CAP)),
+                route_labels.then_some(usize::from(DEFAULT_ROUTE_CAP)),
                 metrics.http.clone(),
             ),
             metrics,
@@ -180,7 +174,7 @@ fn events_path(c: &mut Criterion) {
     group.bench_function("decode", |b| {
         b.iter(|| {
             for item in &records {
-                black_box(events::decode(black_box(item)));
+                black_box(decode(black_box(item)));
             }
         });
     });
@@ -190,7 +184,7 @@ fn events_path(c: &mut Criterion) {
         b.iter(|| {
             let mut paired = 0usize;
             for item in &records {
-                if let Some(event) = events::decode(item)
+                if let Some(event) = decode(item)
                     && flows.on_event(event).is_some()
                 {
                     paired += 1;
@@ -250,7 +244,7 @@ fn counter_read(c: &mut Criterion) {
                 (current, origin + Duration::from_millis(250 * reads))
             },
             |(current, now)| {
-                let booked = counters::by_pod(deltas.update(&current), |cgroup_id| {
+                let booked = by_pod(deltas.update(&current), |cgroup_id| {
                     pods.get(&cgroup_id).cloned().flatten()
                 });
                 shared.lock().book_counts(now, &booked);

@@ -30,16 +30,40 @@
 //! - [`exporters`] serve them: the agent API, its authentication and the Prometheus families;
 //! - [`run`] wires it all and runs until told to stop.
 
-pub mod attribution;
-pub mod books;
-pub mod connections;
-pub mod error;
-pub mod events;
-pub mod exporters;
-pub mod fast_map;
-pub mod health;
-pub mod identity;
-pub mod kernel;
-pub mod run;
+mod attribution;
+mod books;
+mod connections;
+mod error;
+mod events;
+mod exporters;
+mod fast_map;
+mod health;
+mod identity;
+mod kernel;
+mod run;
 
+pub use books::{rates::RateWindow, routes::DEFAULT_CAP as DEFAULT_ROUTE_CAP};
 pub use error::Error;
+pub use exporters::api_auth::ApiAuth;
+pub use identity::IdentityKind;
+pub use kernel::programs::MapSizes;
+pub use run::{Config, run};
+
+/// The userspace pipeline's parts, public only so that `benches/pipeline.rs` measures the code
+/// that runs: drain -> pair -> attribute -> book, and a counter read booked.
+#[doc(hidden)]
+pub mod pipeline {
+    pub use crate::{
+        books::{
+            Books,
+            node::{NodeState, Shared},
+        },
+        connections::pairing::Flows,
+        events::{decode::decode, drain::Drain},
+        exporters::metrics::{Metrics, health::AgentInfo},
+        fast_map::FastMap,
+        health::Health,
+        identity::PodId,
+        kernel::counters::{Deltas, by_pod},
+    };
+}

@@ -19,6 +19,7 @@ type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
+use crate::books::node::{NodeState, Shared};
 use crate::{
     Error,
     books::Books,
@@ -39,10 +40,6 @@ use crate::{
     kernel::preflight,
     kernel::programs::{MapSizes, Probes},
     kernel::ring_fill::RingFill,
-};
-pub use crate::{
-    books::node::{NodeState, Shared},
-    health::Health,
 };
 
 /// What the `podmeter_attach_info` metric and `/v1/agent` say about how the programs attach.

@@ -7,10 +7,7 @@ mod top;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use podmeter_agent::{
-    books::rates::RateWindow, books::routes, identity::IdentityKind, kernel::programs::MapSizes,
-    run,
-};
+use podmeter_agent::{ApiAuth, DEFAULT_ROUTE_CAP, IdentityKind, MapSizes, RateWindow};
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +61,7 @@ enum Command {
         #[arg(long, env = "PODMETER_ROUTE_LABELS")]
         route_labels: bool,
         /// With --route-labels: distinct routes per pod and direction; the rest count as `other`.
-        #[arg(long, default_value_t = routes::DEFAULT_CAP,
+        #[arg(long, default_value_t = DEFAULT_ROUTE_CAP,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         max_routes_per_pod: u16,
         /// Require a bearer token checked with TokenReview on the API address (`--listen`;
@@ -155,7 +152,7 @@ fn main() -> ExitCode {
             api_auth,
             kubeconfig,
         } => {
-            let config = run::Config {
+            let config = podmeter_agent::Config {
                 cgroup_root,
                 listen,
                 metrics_listen,
@@ -177,10 +174,8 @@ fn main() -> ExitCode {
                 route_labels,
                 max_routes_per_pod: usize::from(max_routes_per_pod),
                 api_auth: match api_auth {
-                    ApiAuthFlag::None => podmeter_agent::exporters::api_auth::ApiAuth::None,
-                    ApiAuthFlag::TokenReview => {
-                        podmeter_agent::exporters::api_auth::ApiAuth::TokenReview { kubeconfig }
-                    }
+                    ApiAuthFlag::None => ApiAuth::None,
+                    ApiAuthFlag::TokenReview => ApiAuth::TokenReview { kubeconfig },
                 },
             };
             run_agent(config)
@@ -216,13 +211,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_agent(config: run::Config) -> anyhow::Result<()> {
+fn run_agent(config: podmeter_agent::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        run::run(config, shutdown::signal(), |addr| {
+        podmeter_agent::run(config, shutdown::signal(), |addr| {
             // Scripts and tests wait for this line: the programs are attached and the API serves.
             println!("podmeter: listening on http://{addr}");
         })

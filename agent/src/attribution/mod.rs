@@ -2,7 +2,7 @@
 //! its peer decide the flow it is booked to), and [`attribute`] applies it to an observation and
 //! names its pod, for the counters and the paired events alike.
 
-pub mod flow;
+pub(crate) mod flow;
 
 use self::flow::Flow;
 use crate::identity::PodId;

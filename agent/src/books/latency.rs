@@ -101,6 +101,7 @@ impl DurationWindow {
     }
 
     /// Durations in the window.
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -7,11 +7,11 @@
 //! leaves leaves all of them at once. What pods share stays with the books: the rate clock and its
 //! kept reads, the window, the route cap, the metric families and the sockets of no pod.
 
-pub mod latency;
-pub mod node;
-pub mod rates;
-pub mod routes;
-pub mod traffic;
+pub(crate) mod latency;
+pub(crate) mod node;
+pub(crate) mod rates;
+pub(crate) mod routes;
+pub(crate) mod traffic;
 
 use std::{
     collections::HashMap,

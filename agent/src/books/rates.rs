@@ -22,10 +22,7 @@
 //!   reports that load at once instead of ramping up from zero. A pod that appears later needs no
 //!   special case: the agent was watching and saw it serve nothing before.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::{collections::VecDeque, time::Instant};
 
 use crate::attribution::flow::Flow;
 
@@ -152,8 +149,9 @@ impl RateClock {
     }
 
     /// How long the clock has run at the latest read.
-    pub fn booked_to(&self) -> Duration {
-        Duration::from_secs_f64(self.booked_to)
+    #[cfg(test)]
+    pub fn booked_to(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.booked_to)
     }
 
     /// Kept reads, for tests of the memory bound.
@@ -213,6 +211,8 @@ impl FlowRates {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use std::time::Duration;
 
     use super::*;
     use crate::identity::PodId;

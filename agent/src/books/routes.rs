@@ -114,10 +114,6 @@ impl RouteCap {
         }
     }
 
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// Requests whose route was folded into `other` because their pod was at its cap.
     pub fn folded(&self) -> u64 {
         self.folded

@@ -1,4 +1,4 @@
 //! Connections: [`pairing`] pairs each request with its response on its connection (by socket
 //! cookie), with the latency between them.
 
-pub mod pairing;
+pub(crate) mod pairing;

@@ -1,5 +1,5 @@
 //! Per-request events from the kernel: [`decode`] turns ring buffer records into events and
 //! [`drain`] reads the ring once, pairing and booking what it read.
 
-pub mod decode;
-pub mod drain;
+pub(crate) mod decode;
+pub(crate) mod drain;

@@ -16,9 +16,9 @@ use podmeter_wire::{
 
 use crate::{
     attribution::flow::Flow,
+    books::node::Shared,
     books::{Books, PodBook, traffic::PodTraffic},
     exporters::metrics::exposition::{self, Format},
-    run::Shared,
 };
 
 /// Every route: JSON, `/metrics` and `/healthz`.

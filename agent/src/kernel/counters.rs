@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use podmeter_common::{CountKey, counter, stat, status_class};
+use podmeter_common::{CountKey, counter, names, stat, status_class};
 
 use crate::{Error, attribution, attribution::flow::Flow, identity::PodId};
 
@@ -48,7 +48,7 @@ pub fn read_counts(
     map.iter()
         .map(|entry| {
             let (key, per_cpu) = entry.map_err(|source| Error::Map {
-                map: "COUNTS",
+                map: names::COUNTS,
                 source,
             })?;
             Ok((key, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
@@ -61,7 +61,7 @@ pub fn read_stats(map: &PerCpuArray<MapData, u64>) -> Result<KernelStats, Error>
     let mut slots = [0u64; stat::SLOTS as usize];
     for (i, slot) in (0u32..).zip(slots.iter_mut()) {
         let per_cpu = map.get(&i, 0).map_err(|source| Error::Map {
-            map: "STATS",
+            map: names::STATS,
             source,
         })?;
         *slot = per_cpu.iter().sum();

@@ -2,8 +2,8 @@
 //! [`programs`] loads and attaches the eBPF programs, [`counters`] reads their exact counters,
 //! [`ring_fill`] the ring buffer's fill and [`connection_table`] the connection table's size.
 
-pub mod connection_table;
-pub mod counters;
-pub mod preflight;
-pub mod programs;
-pub mod ring_fill;
+pub(crate) mod connection_table;
+pub(crate) mod counters;
+pub(crate) mod preflight;
+pub(crate) mod programs;
+pub(crate) mod ring_fill;

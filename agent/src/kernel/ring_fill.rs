@@ -81,10 +81,6 @@ impl RingFill {
             used as f64 / capacity as f64
         }
     }
-
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
 }
 
 impl Drop for RingFill {

@@ -7,10 +7,10 @@
 //! `request_duration_seconds` come from paired request/response events, which the kernel drops
 //! when the ring buffer is full (`podmeter_events_dropped_total` says how many).
 
-pub mod exposition;
-pub mod health;
-pub mod http;
-pub mod labels;
+pub(crate) mod exposition;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod labels;
 
 use prometheus_client::registry::Registry;
 
