@@ -14,7 +14,7 @@ use std::path::{Component, Path};
 
 /// The UID of the pod whose cgroup `path` is or is inside, lower-case with dashes; `None` for
 /// cgroups that are no pod's (system slices, the QoS levels themselves).
-pub fn pod_uid(path: &Path) -> Option<String> {
+pub(crate) fn pod_uid(path: &Path) -> Option<String> {
     let mut below_kubepods = false;
     for component in path.components() {
         let Component::Normal(name) = component else {

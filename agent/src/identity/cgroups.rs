@@ -15,7 +15,7 @@ const MAX_DEPTH: usize = 8;
 const RESCAN_AFTER: Duration = Duration::from_millis(200);
 
 /// Maps cgroup ids to paths relative to the attach root.
-pub struct CgroupIndex {
+pub(crate) struct CgroupIndex {
     root: PathBuf,
     root_id: Option<u64>,
     paths: HashMap<u64, PathBuf>,
@@ -23,7 +23,7 @@ pub struct CgroupIndex {
 }
 
 impl CgroupIndex {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         let root_id = std::fs::metadata(&root).ok().map(|m| m.ino());
         Self {
@@ -36,7 +36,7 @@ impl CgroupIndex {
 
     /// The path of `id` relative to the root ("" for the root itself), rescanning the tree when
     /// the id is new. Paths of removed cgroups stay known until [`CgroupIndex::forget_removed`].
-    pub fn path(&mut self, id: u64) -> Option<&Path> {
+    pub(crate) fn path(&mut self, id: u64) -> Option<&Path> {
         if Some(id) == self.root_id {
             return Some(Path::new(""));
         }
@@ -49,7 +49,7 @@ impl CgroupIndex {
     }
 
     /// Is the cgroup with this id still present?
-    pub fn exists(&self, id: u64) -> bool {
+    pub(crate) fn exists(&self, id: u64) -> bool {
         Some(id) == self.root_id
             || self
                 .paths
@@ -58,7 +58,7 @@ impl CgroupIndex {
     }
 
     /// Forgets the cgroups whose directories are gone and returns their ids.
-    pub fn forget_removed(&mut self) -> Vec<u64> {
+    pub(crate) fn forget_removed(&mut self) -> Vec<u64> {
         let root = &self.root;
         let mut dead = Vec::new();
         self.paths.retain(|id, rel| {

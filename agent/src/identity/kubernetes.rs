@@ -1,21 +1,19 @@
 //! Pod identity from the Kubernetes API: a reflector store of this node's pods (field selector
-//! `spec.nodeName=<node>`), matched to cgroups by the pod UID in the cgroup path and to
-//! addresses by `status.podIPs`.
+//! `spec.nodeName=<node>`). A cgroup names its pod through the pod UID in its path (the kubelet's
+//! pod cgroup names carry it), and the UID names the pod in the store.
 //!
 //! Churn: a pod is its UID, so a new pod never inherits an old pod's numbers (its cgroups are
-//! new cgroup ids too). An address names the pod that holds it now: deleted pods leave the store
-//! at once, finished pods (Succeeded, Failed) have released theirs, and when a terminating pod
-//! and its successor briefly show the same address the successor wins. hostNetwork pods share
-//! the node's address, so they are found by cgroup only.
+//! new cgroup ids too), and deleted pods leave the store at once. hostNetwork pods have cgroups
+//! like any other pod and are found the same way.
 
-use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, Resource as _, ResourceExt as _, runtime::reflector::Store};
 use podmeter_kube::watch::{self, Change, Watch};
 use tracing::{debug, info};
 
-use super::{PodId, PodInfo, Workload, cgroup_path};
+use super::{PodId, Workload, cgroup_path};
 
 /// The annotation holding a static pod's config hash, which is the UID in its cgroup name (its
 /// mirror pod in the API has a UID of its own).
@@ -27,7 +25,7 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// Why the Kubernetes identity is unavailable.
 #[derive(Debug, thiserror::Error)]
-pub enum KubernetesError {
+pub(crate) enum KubernetesError {
     #[error(
         "--identity kubernetes needs this node's name: pass --node-name or set NODE_NAME (from the downward API, fieldRef spec.nodeName)"
     )]
@@ -44,7 +42,7 @@ pub enum KubernetesError {
 }
 
 /// This node's pods, kept current by a watcher task (stopped when this is dropped).
-pub struct KubernetesIdentity {
+pub(crate) struct KubernetesIdentity {
     store: Store<Pod>,
     node: String,
     watcher: tokio::task::JoinHandle<()>,
@@ -57,14 +55,17 @@ impl Drop for KubernetesIdentity {
 }
 
 /// The field selector of one node's pods.
-pub fn node_selector(node: &str) -> String {
+fn node_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
 }
 
 impl KubernetesIdentity {
     /// Connects with `kubeconfig`, else the in-cluster configuration or `$KUBECONFIG`, and starts
     /// watching.
-    pub async fn connect(node: &str, kubeconfig: Option<&Path>) -> Result<Self, KubernetesError> {
+    pub(crate) async fn connect(
+        node: &str,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Self, KubernetesError> {
         let client = podmeter_kube::client(kubeconfig)
             .await
             .map_err(|e| KubernetesError::Client(e.to_string()))?;
@@ -72,7 +73,7 @@ impl KubernetesIdentity {
     }
 
     /// Starts watching `node`'s pods through `client`. Must run inside a tokio runtime.
-    pub fn start(client: Client, node: &str) -> Self {
+    pub(crate) fn start(client: Client, node: &str) -> Self {
         let api: Api<Pod> = Api::all(client);
         let node_name = node.to_owned();
         let watch = Watch::new(format!("pods of node {node}"))
@@ -98,7 +99,7 @@ impl KubernetesIdentity {
     }
 
     /// Waits until the initial list is in the store.
-    pub async fn ready(&self, within: Duration) -> Result<(), KubernetesError> {
+    pub(crate) async fn ready(&self, within: Duration) -> Result<(), KubernetesError> {
         let not_ready = || KubernetesError::NotReady {
             node: self.node.clone(),
             secs: within.as_secs(),
@@ -109,38 +110,19 @@ impl KubernetesIdentity {
         }
     }
 
-    /// The node whose pods are watched.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// How many pods the store holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.store.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
-    }
-
     /// The pod whose cgroup `rel` is or is inside (the UID in the path).
-    pub fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
+    pub(crate) fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
         self.pod_of_uid(&cgroup_path::pod_uid(rel)?)
     }
 
     /// The pod with this UID (or, for static pods, this config hash).
-    pub fn pod_of_uid(&self, uid: &str) -> Option<PodId> {
+    pub(crate) fn pod_of_uid(&self, uid: &str) -> Option<PodId> {
         self.find_uid(uid).map(|pod| pod_id(&pod))
-    }
-
-    /// Everything known about the pod with this UID.
-    pub fn pod_info(&self, uid: &str) -> Option<PodInfo> {
-        self.find_uid(uid).map(|pod| pod_info(&pod))
-    }
-
-    /// The pod that holds `ip` now.
-    pub fn pod_of_ip(&self, ip: &IpAddr) -> Option<PodId> {
-        pod_holding(&self.store.state(), ip).map(pod_id)
     }
 
     fn find_uid(&self, uid: &str) -> Option<Arc<Pod>> {
@@ -156,7 +138,7 @@ fn pod_name(pod: &Pod) -> String {
 }
 
 /// A pod's [`PodId`]: namespace, name, UID and owning workload.
-pub fn pod_id(pod: &Pod) -> PodId {
+fn pod_id(pod: &Pod) -> PodId {
     PodId {
         namespace: pod.namespace().unwrap_or_else(|| "default".to_owned()),
         name: pod.name_any(),
@@ -165,19 +147,9 @@ pub fn pod_id(pod: &Pod) -> PodId {
     }
 }
 
-/// A pod's identity, labels and addresses.
-pub fn pod_info(pod: &Pod) -> PodInfo {
-    PodInfo {
-        id: Some(pod_id(pod)),
-        labels: pod.labels().clone(),
-        ips: pod_ips(pod),
-        host_network: host_network(pod),
-    }
-}
-
 /// The workload that owns a pod, from its controller owner reference (or its only owner): a
 /// ReplicaSet stands for its Deployment when its name is `<deployment>-<pod-template-hash>`.
-pub fn workload(pod: &Pod) -> Option<Workload> {
+fn workload(pod: &Pod) -> Option<Workload> {
     let owners = pod.owner_references();
     let owner = owners
         .iter()
@@ -194,50 +166,6 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
         return Some(Workload::new("Deployment", deployment));
     }
     Some(Workload::new(owner.kind.clone(), owner.name.clone()))
-}
-
-fn host_network(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false)
-}
-
-/// The addresses in `status.podIPs` (or the older `status.podIP`).
-fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else {
-        return Vec::new();
-    };
-    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
-    let mut ips: Vec<IpAddr> = listed
-        .chain(status.pod_ip.as_deref())
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
-    ips.sort_unstable();
-    ips.dedup();
-    ips
-}
-
-/// Finished pods have released their addresses.
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-/// The pod among `pods` that holds `ip`: not hostNetwork, not finished; a pod that is not
-/// terminating before one that is, then the newest.
-fn pod_holding<'a>(pods: &'a [Arc<Pod>], ip: &IpAddr) -> Option<&'a Pod> {
-    pods.iter()
-        .map(AsRef::as_ref)
-        .filter(|pod| !host_network(pod) && !finished(pod) && pod_ips(pod).contains(ip))
-        .max_by_key(|pod| {
-            (
-                pod.metadata.deletion_timestamp.is_none(),
-                pod.metadata.creation_timestamp.clone(),
-            )
-        })
 }
 
 #[cfg(test)]

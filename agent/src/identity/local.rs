@@ -45,14 +45,14 @@ fn default_namespace() -> String {
 
 /// Resolves cgroup paths (relative to the attach root) to pods.
 #[derive(Debug, Default)]
-pub struct LocalIdentity {
+pub(crate) struct LocalIdentity {
     /// Longest prefix wins: (cgroup path relative to the root, pod).
     cgroups: Vec<(PathBuf, PodId)>,
 }
 
 impl LocalIdentity {
     /// Reads an identity file; `root` makes absolute cgroup paths relative.
-    pub fn from_file(path: &Path, root: &Path) -> Result<Self, Error> {
+    pub(crate) fn from_file(path: &Path, root: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::IdentityFile {
             path: path.to_owned(),
             reason: e.to_string(),
@@ -63,7 +63,7 @@ impl LocalIdentity {
         })
     }
 
-    pub fn parse(text: &str, root: &Path) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str, root: &Path) -> Result<Self, String> {
         let file: IdentityFile = toml::from_str(text).map_err(|e| e.to_string())?;
         if file.pods.iter().any(|entry| entry.ips.is_some()) {
             tracing::warn!("ips is no longer used; pods are identified by cgroup");
@@ -93,7 +93,7 @@ impl LocalIdentity {
     }
 
     /// The pod a cgroup (path relative to the root) belongs to.
-    pub fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
+    pub(crate) fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
         if let Some((_, pod)) = self
             .cgroups
             .iter()

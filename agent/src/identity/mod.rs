@@ -2,23 +2,22 @@
 //! pods, watched; [`kubernetes`]) or, without a cluster, an identity file and cgroup directory
 //! names ([`local`]). [`cgroup_path`] reads the pod UID out of the kubelet's cgroup names.
 
-pub mod cgroup_path;
-pub mod cgroups;
-pub mod kubernetes;
-pub mod local;
+pub(crate) mod cgroup_path;
+pub(crate) mod cgroups;
+pub(crate) mod kubernetes;
+pub(crate) mod local;
 
 use std::{
     cmp::Ordering,
     fmt,
     hash::{Hash, Hasher},
-    net::IpAddr,
     path::Path,
 };
 
 use serde::{Deserialize, Serialize};
 
-pub use kubernetes::KubernetesIdentity;
-pub use local::LocalIdentity;
+pub(crate) use kubernetes::KubernetesIdentity;
+pub(crate) use local::LocalIdentity;
 
 /// A pod: its name, and with the Kubernetes source its UID and owning workload.
 ///
@@ -27,12 +26,12 @@ pub use local::LocalIdentity;
 /// workload is descriptive and takes no part in equality.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodId {
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
+    pub(crate) uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    pub(crate) workload: Option<Workload>,
 }
 
 impl PodId {
@@ -86,13 +85,13 @@ impl fmt::Display for PodId {
 /// The controller a pod belongs to: `Deployment` (through its ReplicaSet), `StatefulSet`,
 /// `DaemonSet`, `Job`, or whatever other kind owns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Workload {
-    pub kind: String,
-    pub name: String,
+pub(crate) struct Workload {
+    pub(crate) kind: String,
+    pub(crate) name: String,
 }
 
 impl Workload {
-    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
             name: name.into(),
@@ -145,24 +144,15 @@ impl fmt::Display for IdentityKind {
     }
 }
 
-/// Labels and addresses of a pod, beyond its [`PodId`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodInfo {
-    pub id: Option<PodId>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub ips: Vec<IpAddr>,
-    pub host_network: bool,
-}
-
 /// The source the agent resolves pods with.
-pub enum Identity {
+pub(crate) enum Identity {
     Local(LocalIdentity),
     Kubernetes(KubernetesIdentity),
 }
 
 impl Identity {
     /// The pod a cgroup (path relative to the attach root) belongs to.
-    pub fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
+    pub(crate) fn pod_of_cgroup(&self, rel: &Path) -> Option<PodId> {
         match self {
             Self::Local(local) => local.pod_of_cgroup(rel),
             Self::Kubernetes(k8s) => k8s.pod_of_cgroup(rel),

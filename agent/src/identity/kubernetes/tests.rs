@@ -179,10 +179,6 @@ fn cgroup(uid: &str) -> PathBuf {
     ))
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip")
-}
-
 /// Waits until `cond` holds (the reflector applies events on its own task).
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -205,13 +201,12 @@ where
 }
 
 #[tokio::test]
-async fn initial_list_maps_cgroups_ips_and_workloads() {
+async fn initial_list_maps_cgroups_and_workloads() {
     with_server(|identity, mut server| async move {
         let web = PodSpec::default();
         let db = PodSpec {
             name: "db-0",
             uid: DB_UID,
-            ips: &["10.244.1.8", "fd00::8"],
             owner: Some(("StatefulSet", "db")),
             labels: json!({"app": "db"}),
             ..PodSpec::default()
@@ -231,24 +226,18 @@ async fn initial_list_maps_cgroups_ips_and_workloads() {
         assert_eq!(got.workload, Some(Workload::new("Deployment", "web")));
 
         let db_id = identity
-            .pod_of_ip(&ip("fd00::8"))
-            .expect("db by its second address");
+            .pod_of_cgroup(&cgroup(DB_UID))
+            .expect("db by cgroup");
         assert_eq!(db_id.name, "db-0");
+        assert_eq!(db_id.uid.as_deref(), Some(DB_UID));
         assert_eq!(db_id.workload, Some(Workload::new("StatefulSet", "db")));
-        assert_eq!(
-            identity.pod_of_ip(&ip("10.244.1.7")).map(|p| p.name),
-            Some(web.name.into())
-        );
-        assert_eq!(identity.pod_of_ip(&ip("10.244.1.99")), None);
+        assert_eq!(identity.pod_of_uid(DB_UID), Some(db_id));
+        assert_eq!(identity.pod_of_uid(NEW_UID), None, "no such pod");
         assert_eq!(
             identity.pod_of_cgroup(Path::new("system.slice/containerd.service")),
             None
         );
 
-        let info = identity.pod_info(DB_UID).expect("db info");
-        assert_eq!(info.labels.get("app").map(String::as_str), Some("db"));
-        assert_eq!(info.ips, vec![ip("10.244.1.8"), ip("fd00::8")]);
-        assert!(!info.host_network);
         // Managed fields are stripped before the store keeps a pod.
         let stored = identity.find_uid(WEB_UID).expect("stored");
         assert!(
@@ -270,7 +259,7 @@ async fn added_then_deleted_pods_come_and_go() {
     with_server(|identity, mut server| async move {
         server.list(&[], "1").await;
         identity.ready(WAIT).await.expect("ready with no pods");
-        assert!(identity.is_empty());
+        assert_eq!(identity.len(), 0);
         assert_eq!(
             identity.pod_of_cgroup(&cgroup(WEB_UID)),
             None,
@@ -286,7 +275,10 @@ async fn added_then_deleted_pods_come_and_go() {
             identity.pod_of_cgroup(&cgroup(WEB_UID)).is_some()
         })
         .await;
-        assert!(identity.pod_of_ip(&ip("10.244.1.7")).is_some());
+        assert_eq!(
+            identity.pod_of_uid(WEB_UID).map(|p| p.name),
+            Some(web.name.into())
+        );
 
         let gone = PodSpec {
             rv: "3",
@@ -295,76 +287,83 @@ async fn added_then_deleted_pods_come_and_go() {
         server.watch("2", &[("DELETED", gone.json())]).await;
         eventually("web is deleted", || identity.pod_of_uid(WEB_UID).is_none()).await;
         assert_eq!(
-            identity.pod_of_ip(&ip("10.244.1.7")),
+            identity.pod_of_cgroup(&cgroup(WEB_UID)),
             None,
             "never a deleted pod"
         );
-        assert_eq!(identity.pod_of_cgroup(&cgroup(WEB_UID)), None);
+        assert_eq!(identity.len(), 0);
         server.watch("3", &[]).await;
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_reused_ip_names_the_new_pod_at_once() {
+async fn a_pod_created_again_under_its_name_is_a_new_pod() {
     with_server(|identity, mut server| async move {
-        let old = PodSpec::default();
+        let old = PodSpec {
+            name: "web-0",
+            owner: Some(("StatefulSet", "web")),
+            labels: json!({"app": "web"}),
+            ..PodSpec::default()
+        };
         server.list(&[old.json()], "5").await;
         identity.ready(WAIT).await.expect("ready");
-        let old_id = identity.pod_of_ip(&ip("10.244.1.7")).expect("old pod");
+        let old_id = identity.pod_of_cgroup(&cgroup(WEB_UID)).expect("old pod");
         assert_eq!(old_id.uid.as_deref(), Some(WEB_UID));
 
-        // The old pod is terminating while a new pod already shows its address: the new one
-        // holds it from this event on. The new pod was created before the old one (it waited to
-        // be scheduled), so only the rule "not terminating wins" can name it.
+        // The old pod's own cgroup still names the old pod while it terminates.
         let terminating = PodSpec {
             rv: "6",
             deleting: true,
-            ..PodSpec::default()
+            ..old
         };
-        let new = PodSpec {
-            name: "api-5d4c3b2a1-q9w8e",
-            uid: NEW_UID,
-            rv: "7",
-            owner: Some(("ReplicaSet", "api-5d4c3b2a1")),
-            labels: json!({"app": "api", "pod-template-hash": "5d4c3b2a1"}),
-            created: "2026-11-23T09:59:59Z",
-            ..PodSpec::default()
-        };
-        server
-            .watch(
-                "5",
-                &[("MODIFIED", terminating.json()), ("ADDED", new.json())],
-            )
-            .await;
-        eventually("the new pod holds the address", || {
+        server.watch("5", &[("MODIFIED", terminating.json())]).await;
+        eventually("the old pod is terminating", || {
             identity
-                .pod_of_ip(&ip("10.244.1.7"))
-                .and_then(|p| p.uid)
-                .as_deref()
-                == Some(NEW_UID)
+                .find_uid(WEB_UID)
+                .is_some_and(|pod| pod.metadata.deletion_timestamp.is_some())
         })
         .await;
-        let new_id = identity.pod_of_ip(&ip("10.244.1.7")).expect("new pod");
-        assert_ne!(new_id, old_id, "a new pod is a new identity");
-        assert_eq!(new_id.workload, Some(Workload::new("Deployment", "api")));
-        // The old pod's own cgroup still names the old pod while it terminates.
         assert_eq!(
             identity.pod_of_cgroup(&cgroup(WEB_UID)),
             Some(old_id.clone())
         );
 
+        // The StatefulSet creates `web-0` again once the old one is gone: same name, new UID.
         let deleted = PodSpec {
+            rv: "7",
+            ..terminating
+        };
+        let new = PodSpec {
+            name: "web-0",
+            uid: NEW_UID,
             rv: "8",
-            deleting: true,
+            owner: Some(("StatefulSet", "web")),
+            labels: json!({"app": "web"}),
+            created: "2026-11-23T11:00:05Z",
             ..PodSpec::default()
         };
-        server.watch("7", &[("DELETED", deleted.json())]).await;
-        eventually("the old pod is gone", || {
-            identity.pod_of_uid(WEB_UID).is_none()
+        server
+            .watch("6", &[("DELETED", deleted.json()), ("ADDED", new.json())])
+            .await;
+        eventually("the new pod is added", || {
+            identity.pod_of_cgroup(&cgroup(NEW_UID)).is_some()
         })
         .await;
-        assert_eq!(identity.pod_of_ip(&ip("10.244.1.7")), Some(new_id));
+        let new_id = identity.pod_of_cgroup(&cgroup(NEW_UID)).expect("new pod");
+        assert_eq!(
+            (new_id.namespace.as_str(), new_id.name.as_str()),
+            ("shop", "web-0")
+        );
+        assert_eq!(new_id.uid.as_deref(), Some(NEW_UID));
+        assert_eq!(new_id.workload, Some(Workload::new("StatefulSet", "web")));
+        assert_ne!(new_id, old_id, "a new pod is a new identity");
+        assert_eq!(
+            identity.pod_of_cgroup(&cgroup(WEB_UID)),
+            None,
+            "the old pod's cgroups name nobody"
+        );
+        assert_eq!(identity.len(), 1);
         server.watch("8", &[]).await;
     })
     .await;
@@ -385,7 +384,6 @@ async fn missing_fields_and_finished_pods() {
         let finished = PodSpec {
             name: "migrate-abcde",
             uid: DB_UID,
-            ips: &["10.244.1.9"],
             owner: Some(("Job", "migrate")),
             labels: json!({"job-name": "migrate"}),
             phase: "Succeeded",
@@ -396,7 +394,6 @@ async fn missing_fields_and_finished_pods() {
             name: "legacy-abc12",
             labels: json!({"app": "legacy"}),
             owner: Some(("ReplicaSet", "legacy")),
-            ips: &["10.244.1.10"],
             ..PodSpec::default()
         };
         server
@@ -409,20 +406,18 @@ async fn missing_fields_and_finished_pods() {
             .expect("a pending pod has a cgroup");
         assert_eq!(p.name, "pending");
         assert_eq!(p.workload, None, "no ownerReferences");
-        let info = identity.pod_info(NEW_UID).expect("info");
-        assert!(info.ips.is_empty() && info.labels.is_empty());
+        assert_eq!(identity.pod_of_uid(NEW_UID), Some(p));
 
+        // A finished pod keeps its identity until it is deleted: its last counts are its own.
         let job = identity
             .pod_of_cgroup(&cgroup(DB_UID))
             .expect("job pod by cgroup");
         assert_eq!(job.workload, Some(Workload::new("Job", "migrate")));
-        assert_eq!(
-            identity.pod_of_ip(&ip("10.244.1.9")),
-            None,
-            "finished pods hold no address"
-        );
 
-        let legacy = identity.pod_of_ip(&ip("10.244.1.10")).expect("legacy");
+        let legacy = identity
+            .pod_of_cgroup(&cgroup(WEB_UID))
+            .expect("legacy by cgroup");
+        assert_eq!(legacy.name, "legacy-abc12");
         assert_eq!(legacy.workload, Some(Workload::new("ReplicaSet", "legacy")));
         server.watch("3", &[]).await;
     })
@@ -430,11 +425,10 @@ async fn missing_fields_and_finished_pods() {
 }
 
 #[tokio::test]
-async fn host_network_pods_are_found_by_cgroup_only() {
+async fn host_network_pods_are_found_by_cgroup() {
     with_server(|identity, mut server| async move {
         let node_exporter = PodSpec {
             name: "node-exporter-7xk2p",
-            ips: &["192.168.1.20"],
             owner: Some(("DaemonSet", "node-exporter")),
             labels: json!({"app": "node-exporter"}),
             host_network: true,
@@ -447,12 +441,7 @@ async fn host_network_pods_are_found_by_cgroup_only() {
             by_cgroup.workload,
             Some(Workload::new("DaemonSet", "node-exporter"))
         );
-        assert_eq!(
-            identity.pod_of_ip(&ip("192.168.1.20")),
-            None,
-            "the node's address"
-        );
-        assert!(identity.pod_info(WEB_UID).expect("info").host_network);
+        assert_eq!(by_cgroup.name, "node-exporter-7xk2p");
         server.watch("4", &[]).await;
     })
     .await;
