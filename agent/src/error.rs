@@ -63,5 +63,8 @@ pub enum Error {
     },
 
     #[error(transparent)]
+    Pins(#[from] crate::kernel::pins::PinsError),
+
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -46,7 +46,10 @@ pub use books::{rates::RateWindow, routes::DEFAULT_CAP as DEFAULT_ROUTE_CAP};
 pub use error::Error;
 pub use exporters::api_auth::ApiAuth;
 pub use identity::IdentityKind;
-pub use kernel::programs::MapSizes;
+pub use kernel::{
+    pins::{PinsError, uninstall},
+    programs::MapSizes,
+};
 pub use run::{Config, run};
 
 /// The userspace pipeline's parts, public only so that `benches/pipeline.rs` measures the code

@@ -37,6 +37,7 @@ use crate::{
     },
     kernel::connection_table,
     kernel::counters::{self, Deltas},
+    kernel::pins,
     kernel::preflight,
     kernel::programs::{MapSizes, Probes},
     kernel::ring_fill::RingFill,
@@ -76,6 +77,9 @@ pub struct Config {
     pub max_routes_per_pod: usize,
     /// Authentication of the API's callers (`listen`; `metrics_listen` stays open).
     pub api_auth: crate::exporters::api_auth::ApiAuth,
+    /// bpffs directory where the programs and counters are pinned so that they outlive the agent
+    /// and the next one takes them over (see [`crate::kernel::pins`]); `None` detaches at exit.
+    pub bpffs_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -105,6 +109,8 @@ impl Default for Config {
             max_routes_per_pod: usize::from(routes::DEFAULT_CAP),
             // Loopback by default; a cluster install turns on TokenReview.
             api_auth: crate::exporters::api_auth::ApiAuth::None,
+            // Opt-in: without it nothing outlives the agent.
+            bpffs_dir: None,
         }
     }
 }
@@ -149,14 +155,24 @@ pub async fn run(
     preflight::check_cgroup2(&root)?;
     let identity = identity(&config, &root).await?;
 
+    let (probes, mut checkpoint, history) = match &config.bpffs_dir {
+        Some(bpffs) => {
+            let dir = pins::dir_of(bpffs, &root)?;
+            let pinned = pins::attach(&root, &config.map_sizes, &dir)?;
+            (pinned.probes, Some(pinned.checkpoint), pinned.history)
+        }
+        None => (Probes::attach(&root, &config.map_sizes)?, None, None),
+    };
     let Probes {
         programs,
         mut counts,
         stats,
         events,
-    } = Probes::attach(&root, &config.map_sizes)?;
-    // The kernel counters start from zero now: this is the origin of the rate windows.
+    } = probes;
     let attached = Instant::now();
+    // The rate windows start when the kernel counters were zero, or, on a takeover, at the
+    // previous agent's last read: the first read spreads what it missed over the gap.
+    let origin = history.as_ref().map_or(attached, |h| h.since);
     info!(cgroup = %root.display(), "attached cgroup_skb ingress/egress and sock_ops");
 
     let fill = match RingFill::new(events.as_fd(), config.map_sizes.ring_bytes) {
@@ -183,7 +199,7 @@ pub async fn run(
         NodeState {
             books: Books::new(
                 config.rate_window,
-                attached,
+                origin,
                 config.route_labels.then_some(config.max_routes_per_pod),
                 metrics.http.clone(),
             ),
@@ -201,6 +217,19 @@ pub async fn run(
     );
     count_connections(&programs, &config.map_sizes, &shared);
 
+    let mut resolver = Resolver {
+        cgroups: CgroupIndex::new(&root),
+        identity,
+        cache: FastMap::default(),
+    };
+    let mut deltas = Deltas::default();
+    if let Some(history) = &history {
+        // What the previous agent booked goes into the totals (the Prometheus counters continue)
+        // but not into the rates, which it would spike.
+        let booked = counters::by_pod(deltas.update(&history.counts), |id| resolver.pod(id));
+        shared.lock().book_history(&booked);
+    }
+
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -216,7 +245,8 @@ pub async fn run(
         )));
         info!(%addr, "serving /metrics");
     }
-    let app = crate::exporters::api_auth::protect_api(
+    // Plain HTTP, or TLS when callers authenticate (`--api-auth token-review`).
+    let api = crate::exporters::api_auth::protect_api(
         crate::exporters::api::router(shared.clone()),
         &config.api_auth,
     )
@@ -224,19 +254,11 @@ pub async fn run(
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    servers.push(tokio::spawn(crate::exporters::api::serve(
-        listener,
-        app,
-        stopped(api_stopped.clone()),
-    )));
+    servers.push(tokio::spawn(
+        api.serve(listener, stopped(api_stopped.clone())),
+    ));
     on_listening(addr);
 
-    let mut resolver = Resolver {
-        cgroups: CgroupIndex::new(&root),
-        identity,
-        cache: FastMap::default(),
-    };
-    let mut deltas = Deltas::default();
     let mut flows = Flows::new(config.map_sizes.connections as usize);
     // SAFETY: the ring buffer owns its fd and stays inside the AsyncFd until both are dropped.
     let mut ring =
@@ -255,7 +277,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = poll.tick() => {
-                if let Err(e) = book_counts(&counts, &stats, &mut deltas, &mut resolver, &shared) {
+                if let Err(e) = book_counts(&counts, &stats, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
             }
@@ -271,21 +293,34 @@ pub async fn run(
             }
             _ = sweep.tick() => {
                 // Book what is left before forgetting anything.
-                if let Err(e) = book_counts(&counts, &stats, &mut deltas, &mut resolver, &shared) {
+                if let Err(e) = book_counts(&counts, &stats, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
-                sweep_dead_cgroups(&mut counts, &mut deltas, &mut resolver, &shared, config.pod_grace);
+                sweep_dead_cgroups(&mut counts, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared, config.pod_grace);
                 count_connections(&programs, &config.map_sizes, &shared);
             }
         }
     }
 
-    // Final read so the last requests are booked, then detach by dropping the programs.
-    let _ = book_counts(&counts, &stats, &mut deltas, &mut resolver, &shared);
+    // Final read so the last requests are booked (and checkpointed), then detach by dropping the
+    // programs; pinned links stay attached and counting for the next agent.
+    let _ = book_counts(
+        &counts,
+        &stats,
+        &mut deltas,
+        checkpoint.as_mut(),
+        &mut resolver,
+        &shared,
+    );
     drop(fill);
     drop(ring);
     drop(programs);
-    info!("detached");
+    match &config.bpffs_dir {
+        Some(dir) => {
+            info!(pins = %dir.display(), "exited; the pinned programs stay attached and counting")
+        }
+        None => info!("detached"),
+    }
     let _ = stop_api.send(true);
     for server in servers {
         let _ = server.await;
@@ -353,6 +388,7 @@ fn book_counts(
     counts: &CountsMap,
     stats: &aya::maps::PerCpuArray<MapData, u64>,
     deltas: &mut Deltas,
+    checkpoint: Option<&mut pins::Checkpoint>,
     resolver: &mut Resolver,
     shared: &Shared,
 ) -> Result<(), Error> {
@@ -361,7 +397,14 @@ fn book_counts(
     // The rates spread what changed over the time since the previous read: take the time of
     // this read right after reading.
     let now = Instant::now();
+    let read_ns = pins::monotonic_ns();
     let booked = counters::by_pod(deltas.update(&current), |cgroup_id| resolver.pod(cgroup_id));
+    // Booked from here on, whatever happens to this process: the next agent starts from it.
+    if let Some(checkpoint) = checkpoint
+        && let Err(e) = checkpoint.record(&current, read_ns)
+    {
+        warn!(error = %e, "writing the pinned checkpoint failed");
+    }
     let mut state = shared.lock();
     state.book_counts(now, &booked);
     state.health.kernel = health::kernel_reply(&kernel);
@@ -419,6 +462,7 @@ fn count_connections(programs: &Ebpf, sizes: &MapSizes, shared: &Shared) {
 fn sweep_dead_cgroups(
     counts: &mut CountsMap,
     deltas: &mut Deltas,
+    mut checkpoint: Option<&mut pins::Checkpoint>,
     resolver: &mut Resolver,
     shared: &Shared,
     grace: Duration,
@@ -435,6 +479,9 @@ fn sweep_dead_cgroups(
         }
         if counts.remove(&key).is_ok() {
             deltas.forget(&key);
+            if let Some(checkpoint) = checkpoint.as_deref_mut() {
+                checkpoint.forget(&key);
+            }
             removed += 1;
         }
     }

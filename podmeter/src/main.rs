@@ -64,14 +64,42 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_ROUTE_CAP,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         max_routes_per_pod: u16,
-        /// Require a bearer token checked with TokenReview on the API address (`--listen`;
-        /// `/healthz` and `--metrics-listen` stay open).
+        /// `token-review`: serve the API address (`--listen`) over TLS only, and require a
+        /// bearer token for `--token-audience` (TokenReview) whose user may `get`
+        /// `nodes/podmeter` (SubjectAccessReview); `/healthz` and `--metrics-listen` stay open.
+        /// `none`: plain HTTP, no checks (loopback, local use).
         #[arg(long, env = "PODMETER_API_AUTH", value_enum, default_value = "none")]
         api_auth: ApiAuthFlag,
+        /// With `--api-auth token-review`: the audience callers' tokens must be issued for
+        /// (a projected ServiceAccount token's `audience`).
+        #[arg(
+            long,
+            env = "PODMETER_TOKEN_AUDIENCE",
+            default_value = "podmeter-agent"
+        )]
+        token_audience: String,
+        /// With `--api-auth token-review`: the API's serving certificate chain (PEM), read at
+        /// start (default: a self-signed certificate made at start).
+        #[arg(long, requires = "tls_private_key_file")]
+        tls_cert_file: Option<PathBuf>,
+        /// With `--api-auth token-review`: the private key of `--tls-cert-file` (PEM).
+        #[arg(long, requires = "tls_cert_file")]
+        tls_private_key_file: Option<PathBuf>,
         /// Kubeconfig for `--identity kubernetes` and `--api-auth token-review` (default:
         /// in-cluster or $KUBECONFIG).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Pin the programs and counters under this bpffs directory (e.g. /sys/fs/bpf/podmeter):
+        /// they stay attached and counting when the agent exits, and the next agent takes them
+        /// over without losing or double counting a request. Remove them with `agent-uninstall`.
+        #[arg(long, env = "PODMETER_BPFFS_DIR")]
+        bpffs_dir: Option<PathBuf>,
+    },
+    /// Detach and unpin what `agent --bpffs-dir DIR` left attached, and remove DIR.
+    AgentUninstall {
+        /// The agent's `--bpffs-dir`.
+        #[arg(long, env = "PODMETER_BPFFS_DIR")]
+        bpffs_dir: PathBuf,
     },
     /// Show per-pod counts and rates of a running agent.
     Top {
@@ -150,7 +178,11 @@ fn main() -> ExitCode {
             route_labels,
             max_routes_per_pod,
             api_auth,
+            token_audience,
+            tls_cert_file,
+            tls_private_key_file,
             kubeconfig,
+            bpffs_dir,
         } => {
             let config = podmeter_agent::Config {
                 cgroup_root,
@@ -175,11 +207,18 @@ fn main() -> ExitCode {
                 max_routes_per_pod: usize::from(max_routes_per_pod),
                 api_auth: match api_auth {
                     ApiAuthFlag::None => ApiAuth::None,
-                    ApiAuthFlag::TokenReview => ApiAuth::TokenReview { kubeconfig },
+                    ApiAuthFlag::TokenReview => ApiAuth::TokenReview {
+                        kubeconfig,
+                        audience: token_audience,
+                        tls_cert_file,
+                        tls_private_key_file,
+                    },
                 },
+                bpffs_dir,
             };
             run_agent(config)
         }
+        Command::AgentUninstall { bpffs_dir } => agent_uninstall(&bpffs_dir),
         Command::Top {
             agent,
             interval,
@@ -211,15 +250,31 @@ fn main() -> ExitCode {
     }
 }
 
+fn agent_uninstall(bpffs_dir: &std::path::Path) -> anyhow::Result<()> {
+    let removed = podmeter_agent::uninstall(bpffs_dir)?;
+    if removed.is_empty() {
+        println!("podmeter: nothing pinned under {}", bpffs_dir.display());
+    }
+    for path in removed {
+        println!("podmeter: removed {}", path.display());
+    }
+    Ok(())
+}
+
 fn run_agent(config: podmeter_agent::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // An authenticating API is served over TLS only.
+    let scheme = match config.api_auth {
+        ApiAuth::None => "http",
+        ApiAuth::TokenReview { .. } => "https",
+    };
     runtime.block_on(async {
         podmeter_agent::run(config, shutdown::signal(), |addr| {
             // Scripts and tests wait for this line: the programs are attached and the API serves.
-            println!("podmeter: listening on http://{addr}");
+            println!("podmeter: listening on {scheme}://{addr}");
         })
         .await
     })?;

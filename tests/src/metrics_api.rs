@@ -36,8 +36,10 @@ pub fn serving_sans() -> Vec<String> {
 }
 
 /// RBAC for the metrics API's own identity (ServiceAccount `kube-system/podmeter-metrics-api`):
-/// delegated authentication and authorisation, the request-header ConfigMap, and read access to
-/// pods (labels) and EndpointSlices (agent discovery).
+/// delegated authentication and authorisation, the request-header ConfigMap, read access to
+/// pods (labels) and EndpointSlices (agent discovery), the node agents' API (`get
+/// nodes/podmeter`), its certificate Secret and its APIServices' caBundle, as
+/// `deploy/base/metrics-api-rbac.yaml` grants.
 pub const RBAC: &str = "\
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -57,13 +59,37 @@ metadata: {name: 'podmeter-metrics-api'}
 rules:
 - {apiGroups: [''], resources: [pods], verbs: [get, list, watch]}
 - {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
+- {apiGroups: [''], resources: [nodes/podmeter], verbs: [get]}
+- apiGroups: [apiregistration.k8s.io]
+  resources: [apiservices]
+  resourceNames: [v1beta1.custom.metrics.k8s.io, v1beta2.custom.metrics.k8s.io, v1beta1.external.metrics.k8s.io]
+  verbs: [get, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {name: 'podmeter-metrics-api'}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'podmeter-metrics-api'}
 subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: 'podmeter-metrics-api-certs', namespace: kube-system}
+rules:
+- {apiGroups: [''], resources: [secrets], resourceNames: [podmeter-metrics-api-certs], verbs: [get]}
+- {apiGroups: [''], resources: [secrets], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: 'podmeter-metrics-api-certs', namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: 'podmeter-metrics-api-certs'}
+subjects: [{kind: ServiceAccount, name: podmeter-metrics-api, namespace: kube-system}]
 ";
+
+/// The Secret in which the metrics API keeps the certificate it makes (in [`NAMESPACE`]).
+pub const CERT_SECRET: &str = "podmeter-metrics-api-certs";
+
+/// The audience of the tokens the node agent accepts (its `--token-audience` default).
+pub const AGENT_AUDIENCE: &str = "podmeter-agent";
 
 /// Name of the node agent's ServiceAccount (in [`NAMESPACE`]) when its API checks tokens.
 pub const AGENT_NAME: &str = "podmeter-agent";
@@ -91,9 +117,10 @@ subjects: [{kind: ServiceAccount, name: podmeter-agent, namespace: kube-system}]
 ";
 
 /// The Service (ExternalName `localhost`, no kube-proxy needed) and the three APIServices, with
-/// `ca_bundle_pem` (the CA that signed the serving certificate) as their `caBundle`.
-pub fn registration(port: u16, ca_bundle_pem: &[u8]) -> String {
-    let ca = base64(ca_bundle_pem);
+/// `ca_bundle_pem` (the CA that signed the serving certificate) as their `caBundle`, or none (the
+/// metrics API sets it).
+pub fn registration(port: u16, ca_bundle_pem: Option<&[u8]>) -> String {
+    let ca = ca_bundle_pem.map_or_else(String::new, |ca| format!("\n  caBundle: {}", base64(ca)));
     let mut yaml = format!(
         "apiVersion: v1
 kind: Service
@@ -118,8 +145,7 @@ spec:
   group: {group}
   version: {version}
   groupPriorityMinimum: 100
-  versionPriority: {priority}
-  caBundle: {ca}
+  versionPriority: {priority}{ca}
   service: {{name: {NAME}, namespace: {NAMESPACE}, port: {port}}}
 "
         ));
@@ -247,50 +273,48 @@ impl MetricsApiProcess {
     }
 }
 
-/// Installs the metrics API as a cluster would, minus the Deployment: its RBAC, its
-/// ServiceAccount identity (whose token it sends to the agents) and a serving certificate signed
-/// by the cluster CA; starts it collecting as `agents` says (`["--agent", url]`, or
-/// `["--agent-service", "ns/name", ...]`); and registers its APIServices (Service `ExternalName`
-/// localhost, `caBundle` the cluster CA).
+/// Installs the metrics API as `kubectl apply -k deploy/base` would, minus the Deployment: its
+/// RBAC, its ServiceAccount identity and a token of it for the agents' audience (as the projected
+/// volume gives it); starts it collecting as `agents` says (`["--agent", url]`, or
+/// `["--agent-service", "ns/name", ...]`) with no certificate flags, so that it makes its own
+/// certificate in Secret [`CERT_SECRET`]; and registers its APIServices (Service `ExternalName`
+/// localhost) without a `caBundle`, which it sets.
 pub fn start_registered(cp: &ControlPlane, agents: &[&str]) -> Result<MetricsApiProcess> {
+    let server = start_self_managed(cp, agents)?;
+    cp.apply(&registration(server.port(), None))
+        .context("Service and APIServices")?;
+    Ok(server)
+}
+
+/// [`start_registered`] without the registration: one more replica of an installed metrics API.
+pub fn start_self_managed(cp: &ControlPlane, agents: &[&str]) -> Result<MetricsApiProcess> {
     cp.apply(RBAC).context("metrics-api RBAC")?;
     let identity = cp
         .service_account_credentials(NAMESPACE, NAME, Duration::from_secs(3600))
         .context("metrics-api ServiceAccount token")?;
-    let sans = serving_sans();
-    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
-    let serving = cp
-        .issue_serving_cert(NAME, &sans)
-        .context("serving certificate")?;
+    let agent_token = cp
+        .service_account_token(
+            NAMESPACE,
+            NAME,
+            &[AGENT_AUDIENCE],
+            Duration::from_secs(3600),
+        )
+        .context("metrics-api token for the agents")?;
     let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("non UTF-8 path");
     let files = tempdir::new("metrics-api")?;
-    let token = tempdir::write(
-        &files,
-        AGENT_TOKEN_FILE,
-        identity.token().context("a token")?,
-    )?;
-    let (kubeconfig, cert, key, token) = (
-        path(identity.kubeconfig())?,
-        path(&serving.cert)?,
-        path(&serving.key)?,
-        path(&token)?,
-    );
+    let token = tempdir::write(&files, AGENT_TOKEN_FILE, agent_token.as_bytes())?;
+    let (kubeconfig, token) = (path(identity.kubeconfig())?, path(&token)?);
     let mut args = vec![
         "--kubeconfig",
         &kubeconfig,
-        "--tls-cert-file",
-        &cert,
-        "--tls-private-key-file",
-        &key,
+        "--namespace",
+        NAMESPACE,
         "--agent-token-file",
         &token,
     ];
     args.extend_from_slice(agents);
     let mut server = MetricsApiProcess::start(&args).context("metrics-api starts")?;
     server.files = Some(files);
-    let ca = std::fs::read(cp.ca_cert()).context("cluster CA")?;
-    cp.apply(&registration(server.port(), &ca))
-        .context("Service and APIServices")?;
     Ok(server)
 }
 

@@ -3,24 +3,10 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use podmeter_tests::{TempDir, control_plane::ControlPlane, run, run_with_input, serial, tempdir};
+use podmeter_tests::{control_plane::ControlPlane, run, run_with_input, serial};
 
-/// Copies `deploy/` to a scratch directory so the self-signed overlay's certificates are made
-/// there, not in the source tree.
-fn scratch_deploy() -> TempDir {
-    let dir = tempdir::new("deploy").expect("temp dir");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let mut cp = Command::new("cp");
-    cp.arg("-r").arg(&source).arg(dir.path());
-    assert!(run(cp, Duration::from_secs(10)).expect("cp").success());
-    let mut generate = Command::new("bash");
-    generate.arg(
-        dir.path()
-            .join("deploy/overlays/self-signed/generate-certs.sh"),
-    );
-    let out = run(generate, Duration::from_secs(30)).expect("generate-certs.sh");
-    assert!(out.success(), "{}", out.stderr);
-    dir
+fn deploy_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
 fn kustomize(dir: &Path) -> String {
@@ -34,9 +20,10 @@ fn kustomize(dir: &Path) -> String {
 #[test]
 fn the_bundle_renders_and_the_api_server_accepts_it() {
     let _serial = serial();
-    let scratch = scratch_deploy();
-    let deploy = scratch.path().join("deploy");
-    let rendered = kustomize(&deploy.join("overlays/self-signed"));
+    let deploy = deploy_dir();
+    // One command installs it: the base needs no certificate step (the metrics API makes its
+    // own and sets the APIServices' caBundle).
+    let rendered = kustomize(&deploy.join("base"));
     for kind in [
         "kind: DaemonSet",
         "kind: Deployment",
@@ -44,16 +31,32 @@ fn the_bundle_renders_and_the_api_server_accepts_it() {
         "name: v1beta2.custom.metrics.k8s.io",
         "name: system:auth-delegator",
         "name: extension-apiserver-authentication-reader",
-        "caBundle: ",
+        // The agents' API: TLS + audience-bound token + `get nodes/podmeter`.
+        "- --api-auth=token-review",
+        "- --token-audience=podmeter-agent",
+        "audience: podmeter-agent",
+        "expirationSeconds: 600",
+        "- nodes/podmeter",
+        "- subjectaccessreviews",
+        // Its certificate Secret and APIServices.
+        "- podmeter-metrics-api-certs",
+        "- apiservices",
     ] {
         assert!(rendered.contains(kind), "{kind} missing from:\n{rendered}");
     }
     // The cert-manager overlay renders too (its CRDs are not on the test server).
     let cert_manager = kustomize(&deploy.join("overlays/cert-manager"));
-    assert!(
-        cert_manager
-            .contains("cert-manager.io/inject-ca-from: podmeter-system/podmeter-metrics-api")
-    );
+    for wanted in [
+        "cert-manager.io/inject-ca-from: podmeter-system/podmeter-metrics-api",
+        "- --tls-cert-file=/etc/podmeter/tls/tls.crt",
+        "secretName: podmeter-metrics-api-tls",
+    ] {
+        assert!(
+            cert_manager.contains(wanted),
+            "{wanted} missing from:\n{cert_manager}"
+        );
+    }
+    assert!(!rendered.contains("caBundle"), "the base sets no caBundle");
 
     let control_plane = ControlPlane::start().expect("control plane");
     // The namespace first: a server-side dry run does not create it for the namespaced objects.
@@ -82,6 +85,8 @@ fn the_bundle_renders_and_the_api_server_accepts_it() {
         "deployment.apps/podmeter-metrics-api",
         "apiservice.apiregistration.k8s.io/v1beta1.custom.metrics.k8s.io",
         "clusterrolebinding.rbac.authorization.k8s.io/podmeter-metrics-api:system:auth-delegator",
+        "clusterrolebinding.rbac.authorization.k8s.io/podmeter-agent-reader",
+        "role.rbac.authorization.k8s.io/podmeter-metrics-api-certs",
     ] {
         assert!(
             accepted.contains(object),

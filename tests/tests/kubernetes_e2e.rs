@@ -155,7 +155,8 @@ fn bind(cp: &ControlPlane, name: &str) {
 /// The agent's `/v1/pods`, with the bearer token its API requires.
 fn agent_pods(agent: &AgentProcess, token: &str) -> PodsReply {
     let mut curl = Command::new("curl");
-    curl.args(["-sf", "-H", &format!("Authorization: Bearer {token}")])
+    // TLS with the agent's self-signed certificate (-k), as the metrics API reads it.
+    curl.args(["-sfk", "-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("{}/v1/pods", agent.base_url()));
     let out = run(curl, Duration::from_secs(10)).expect("curl the agent");
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))

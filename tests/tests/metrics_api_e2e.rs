@@ -3,7 +3,9 @@
 //! aggregated `custom.metrics.k8s.io` (v1beta1, v1beta2) and `external.metrics.k8s.io` server.
 //! The HPA controller's ServiceAccount reads per-pod `http_requests_per_second` through the
 //! apiserver and gets hey's rates; an unauthorised user gets 403; the values vanish within the
-//! staleness bound once the node agent stops.
+//! staleness bound once the node agent stops. The node agent's API serves TLS only and only the
+//! metrics API's token for the agents' audience reads it. Without certificate flags, the metrics
+//! API makes its own certificate in a Secret and sets its APIServices' caBundle.
 
 use std::{
     collections::BTreeMap,
@@ -109,27 +111,95 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
     let serving = cp
         .issue_serving_cert(metrics_api::NAME, &sans)
         .expect("serving certificate");
+    // The metrics API's token for the agents, as its projected volume holds it.
+    let agent_token = cp
+        .service_account_token(
+            metrics_api::NAMESPACE,
+            metrics_api::NAME,
+            &[metrics_api::AGENT_AUDIENCE],
+            Duration::from_secs(3600),
+        )
+        .expect("metrics-api token for the agents");
+    // Another ServiceAccount's token for the same audience: valid, but not allowed.
+    let intruder_token = cp
+        .service_account_token(
+            "default",
+            "intruder",
+            &[metrics_api::AGENT_AUDIENCE],
+            Duration::from_secs(3600),
+        )
+        .expect("intruder token");
     let files = tempdir::new("metrics-api-e2e").expect("temp dir");
-    let token_file = tempdir::write(
-        &files,
-        "agent-token",
-        identity.token().expect("a token").as_bytes(),
-    )
-    .expect("token file");
-    // The agent answers 401 without a valid bearer token, 200 with the metrics API's.
-    let curl_agent = |token: Option<&str>| {
+    let token_file =
+        tempdir::write(&files, "agent-token", agent_token.as_bytes()).expect("token file");
+    // The agent's API is TLS only (a self-signed certificate: -k), then 401 / 403 / 200.
+    assert!(
+        agent.base_url().starts_with("https://"),
+        "{}",
+        agent.base_url()
+    );
+    let curl_agent = |base_url: &str, token: Option<&str>| {
         let mut curl = Command::new("curl");
-        curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("{}/v1/pods", agent.base_url()));
+        curl.args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{base_url}/v1/pods"));
         if let Some(token) = token {
             curl.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
         run(curl, Duration::from_secs(10)).expect("curl").stdout
     };
-    assert_eq!(curl_agent(None), "401");
-    assert_eq!(curl_agent(Some("not-a-token")), "401");
-    assert_eq!(curl_agent(identity.token()), "200");
-    println!("node agent: 401 without a token, 200 with the metrics API's ServiceAccount token");
+    let https = agent.base_url();
+    let cases = [
+        ("no token", curl_agent(https, None), "401"),
+        ("not a token", curl_agent(https, Some("not-a-token")), "401"),
+        (
+            "the metrics API's token for the apiserver's audience",
+            curl_agent(https, identity.token()),
+            "401",
+        ),
+        (
+            "another ServiceAccount's token for the agents' audience",
+            curl_agent(https, Some(&intruder_token)),
+            "403",
+        ),
+        (
+            "the metrics API's token for the agents' audience",
+            curl_agent(https, Some(&agent_token)),
+            "200",
+        ),
+    ];
+    for (case, got, expected) in &cases {
+        println!("node agent, {case}: HTTP {got}");
+        assert_eq!(got, expected, "{case}");
+    }
+    // Plain HTTP to the same port: no HTTP answer at all (curl reports 000 and fails).
+    let plain = {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!(
+            "{}/v1/pods",
+            https.replacen("https://", "http://", 1)
+        ))
+        .args(["-H", &format!("Authorization: Bearer {agent_token}")]);
+        run(curl, Duration::from_secs(10)).expect("curl")
+    };
+    println!(
+        "node agent, plain HTTP: {:?} ({})",
+        plain.stdout,
+        if plain.success() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    );
+    assert!(!plain.success() && plain.stdout == "000", "{plain:?}");
     let staleness = STALENESS_SECS.to_string();
     let server = MetricsApiProcess::start(&[
         "--kubeconfig",
@@ -169,7 +239,7 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
     );
 
     let ca = std::fs::read(cp.ca_cert()).expect("cluster CA");
-    cp.apply(&metrics_api::registration(server.port(), &ca))
+    cp.apply(&metrics_api::registration(server.port(), Some(&ca)))
         .expect("Service and APIServices");
     let registered = Instant::now();
     for name in [
@@ -335,6 +405,96 @@ fn the_hpa_reads_per_pod_rates_through_the_real_apiserver() {
     println!("test body took {:?}", test_started.elapsed());
 }
 
+/// Started without certificate flags, the metrics API made a CA and a serving certificate in its
+/// Secret and set that CA as the caBundle of its APIServices, which become Available; the CA
+/// verifies the served certificate under the name the aggregator checks; a second replica serves
+/// the same certificate; `kubectl get --raw` answers through the APIService.
+fn check_self_managed_certificate(cp: &ControlPlane, server: &MetricsApiProcess, agent_url: &str) {
+    let started = Instant::now();
+    let secret = cp
+        .get_json(&format!(
+            "/api/v1/namespaces/{}/secrets/{}",
+            metrics_api::NAMESPACE,
+            metrics_api::CERT_SECRET
+        ))
+        .expect("the certificate Secret");
+    let ca = secret["data"]["ca.crt"]
+        .as_str()
+        .expect("ca.crt in the Secret")
+        .to_owned();
+    assert!(secret["data"]["tls.crt"].is_string() && secret["data"]["tls.key"].is_string());
+    for name in [
+        "v1beta1.custom.metrics.k8s.io",
+        "v1beta2.custom.metrics.k8s.io",
+        "v1beta1.external.metrics.k8s.io",
+    ] {
+        wait_until(Duration::from_secs(60), name, || {
+            let service = cp.get_json(&format!(
+                "/apis/apiregistration.k8s.io/v1/apiservices/{name}"
+            ))?;
+            let (available, _) = metrics_api::apiservice_available(cp, name)?;
+            Ok((service["spec"]["caBundle"] == ca.as_str() && available).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("APIService {name}: caBundle set and Available: {e:#}"));
+    }
+    println!(
+        "caBundle set by the metrics API and APIServices Available {:?} after it started",
+        started.elapsed()
+    );
+
+    let files = tempdir::new("ca-bundle").expect("temp dir");
+    let sh = |script: String| {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        run(sh, Duration::from_secs(20)).expect("sh")
+    };
+    let ca_file = files.path().join("ca.crt");
+    let decoded = sh(format!("echo '{ca}' | base64 -d > {}", ca_file.display()));
+    assert!(decoded.success(), "{decoded:?}");
+    let name = format!("{}.{}.svc", metrics_api::NAME, metrics_api::NAMESPACE);
+    let verify = sh(format!(
+        "openssl s_client -connect 127.0.0.1:{} -servername {name} -verify_hostname {name} \
+         -CAfile {} -verify_return_error </dev/null 2>&1",
+        server.port(),
+        ca_file.display()
+    ));
+    assert!(
+        verify.stdout.contains("Verify return code: 0 (ok)"),
+        "{verify:?}"
+    );
+    println!("the caBundle verifies the served certificate for {name}");
+
+    let second =
+        metrics_api::start_self_managed(cp, &["--agent", agent_url]).expect("a second replica");
+    let fingerprint = |port: u16| {
+        sh(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .stdout
+        .trim()
+        .to_owned()
+    };
+    let (first_print, second_print) = (fingerprint(server.port()), fingerprint(second.port()));
+    assert!(first_print.contains("Fingerprint"), "{first_print}");
+    assert_eq!(
+        first_print, second_print,
+        "both replicas serve the Secret's certificate"
+    );
+    println!("a second replica serves the same certificate: {second_print}");
+    drop(second);
+
+    let raw = cp
+        .kubectl(&["get", "--raw", "/apis/custom.metrics.k8s.io/v1beta2"])
+        .expect("kubectl get --raw")
+        .check("kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2")
+        .expect("an answer through the APIService");
+    assert!(raw.stdout.contains("APIResourceList"), "{raw:?}");
+    println!(
+        "kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2 answers through the APIService"
+    );
+}
+
 const DEPLOYMENT: &str = "\
 apiVersion: apps/v1
 kind: Deployment
@@ -394,6 +554,7 @@ fn the_real_hpa_controller_reads_the_average_rate() {
 
     let server =
         metrics_api::start_registered(&cp, &["--agent", agent.base_url()]).expect("metrics API");
+    check_self_managed_certificate(&cp, &server, agent.base_url());
 
     // A target far above the load: the HPA only measures, it has no reason to scale.
     let hpas = "/apis/autoscaling/v2beta2/namespaces/default/horizontalpodautoscalers";

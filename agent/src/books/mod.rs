@@ -160,6 +160,27 @@ impl Books {
         }
     }
 
+    /// Books what a previous agent had booked before this one took its counters over: into totals
+    /// and series, so that totals and Prometheus counters continue across the restart, but not
+    /// into the rates, which count only what was served since the previous agent's last read.
+    pub fn book_history(&mut self, booked: &[(Option<PodId>, Flow, Counts)]) {
+        for (pod, flow, delta) in booked {
+            let Some(pod) = pod else {
+                self.unattributed.add_counts(*flow, delta);
+                continue;
+            };
+            with_book(&mut self.pods, pod, |book| {
+                book.traffic.add_counts(*flow, delta);
+                if let Some(side) = Side::of(*flow) {
+                    let families = self.http.side(side);
+                    book.series[side.index()]
+                        .get_or_insert_with(|| PodSeries::new(families, pod))
+                        .add_counts(families, delta);
+                }
+            });
+        }
+    }
+
     /// Books paired exchanges read at `now` into totals, durations, routes and series.
     pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
         for (pod, flow, exchange) in booked {
@@ -337,6 +358,27 @@ mod tests {
             Instant::now(),
             &[(Some(pod.clone()), Flow::Inbound, delta(1, 1))],
         );
+    }
+
+    #[test]
+    fn history_goes_to_totals_not_rates() {
+        let mut b = books();
+        let web = PodId::new("default", "web");
+        b.book_history(&[(Some(web.clone()), Flow::Inbound, delta(500, 500))]);
+        b.book_counts(Instant::now(), &[]);
+        let book = b.get(&web).expect("book");
+        assert_eq!(book.traffic().totals(Flow::Inbound).requests, 500);
+        assert_eq!(b.rate(Some(&web), Flow::Inbound), 0.0);
+        serve(&mut b, &web);
+        assert_eq!(
+            b.get(&web)
+                .expect("book")
+                .traffic()
+                .totals(Flow::Inbound)
+                .requests,
+            501
+        );
+        assert!(b.rate(Some(&web), Flow::Inbound) > 0.0);
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl NodeState {
         self.books.book_counts(now, booked);
     }
 
+    /// Books what a previous agent booked (a takeover) into totals and series, not rates.
+    pub fn book_history(&mut self, booked: &[(Option<PodId>, Flow, Counts)]) {
+        self.books.book_history(booked);
+    }
+
     /// Books paired exchanges into totals and series.
     pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
         self.books.book_exchanges(now, booked);

@@ -39,12 +39,16 @@ pub fn metrics_router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Serves `app` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves `app` on `listener` (TCP, or [`super::api_tls::TlsListener`]) until `shutdown`
+/// completes.
+pub async fn serve<L>(
+    listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,9 +1,11 @@
 //! The kernel side as userspace sees it: [`preflight`] checks privileges and cgroup2,
 //! [`programs`] loads and attaches the eBPF programs, [`counters`] reads their exact counters,
-//! [`ring_fill`] the ring buffer's fill and [`connection_table`] the connection table's size.
+//! [`ring_fill`] the ring buffer's fill and [`connection_table`] the connection table's size;
+//! [`pins`] keeps programs and counters across agent restarts (`--bpffs-dir`).
 
 pub(crate) mod connection_table;
 pub(crate) mod counters;
+pub(crate) mod pins;
 pub(crate) mod preflight;
 pub(crate) mod programs;
 pub(crate) mod ring_fill;

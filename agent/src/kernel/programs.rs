@@ -17,7 +17,8 @@ use podmeter_common::{CountKey, names};
 use crate::Error;
 
 /// The kernel programs, built by build.rs from `agent-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podmeter"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podmeter"));
 
 /// Sizes of the kernel maps.
 #[derive(Clone, Debug)]
@@ -106,7 +107,7 @@ impl Probes {
     }
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -114,7 +115,7 @@ where
     T::try_from(map).map_err(|source| Error::Map { map: name, source })
 }
 
-fn program_error(program: &'static str, source: aya::programs::ProgramError) -> Error {
+pub(super) fn program_error(program: &'static str, source: aya::programs::ProgramError) -> Error {
     let hint = match &source {
         aya::programs::ProgramError::LoadError { .. } => {
             " (the verifier rejected it; the log above says where)"

@@ -1,17 +1,27 @@
 //! Reading one node agent's `/v1/pods`: an async HTTP/1.1 client whose keep-alive connections
-//! are pooled across collections, each read bounded by a timeout. The agents speak plain http;
-//! https would be a connector change here.
+//! are pooled across collections, each read bounded by a timeout. `https://` agents (those that
+//! authenticate callers) are read over TLS without verifying their certificate, as
+//! metrics-server's `--kubelet-insecure-tls` does: each agent makes its own self-signed one, and
+//! what the metrics API sends them is a token bound to the agents' audience and valid for
+//! minutes (README, "HTTP API of the agent"). `http://` agents are read in plain text.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{self, Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
 use podmeter_wire::PodsReply;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::WebPkiSupportedAlgorithms,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
 
 /// A bound on one reply (ureq's `read_json` had the same); a node's pods take far less.
 const MAX_REPLY_BYTES: usize = 10 * 1024 * 1024;
@@ -19,18 +29,77 @@ const MAX_REPLY_BYTES: usize = 10 * 1024 * 1024;
 /// The node agents' API, over connections kept alive between collections.
 #[derive(Clone, Debug)]
 pub(super) struct AgentClient {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeout: Duration,
+}
+
+/// Accepts any agent certificate, but still checks that the agent holds its key.
+#[derive(Debug)]
+struct AnyAgentCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyAgentCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// TLS 1.2 and 1.3 with ring, any agent certificate, no client certificate.
+fn agent_tls() -> Result<ClientConfig, rustls::Error> {
+    let provider = crate::tls::crypto_provider();
+    let verifier = AnyAgentCertificate {
+        algorithms: provider.signature_verification_algorithms,
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 impl AgentClient {
     /// A client that gives each read `timeout` in all (connecting, the request, the reply).
-    pub(super) fn new(timeout: Duration) -> Self {
+    pub(super) fn new(timeout: Duration) -> Result<Self, rustls::Error> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(agent_tls()?)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let http = Client::builder(TokioExecutor::new())
             // Evicts idle connections of agents that went away.
             .pool_timer(TokioTimer::new())
-            .build_http();
-        Self { http, timeout }
+            .build(connector);
+        Ok(Self { http, timeout })
     }
 
     /// `GET {url}/v1/pods`, with `token` as the bearer token when given.

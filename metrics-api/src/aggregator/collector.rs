@@ -13,7 +13,8 @@ use std::{
 use podmeter_wire::PodsReply;
 use tokio::{sync::watch as channel, task::JoinSet};
 
-use super::{agent_client::AgentClient, labels::PodLabels};
+pub(super) use super::agent_client::AgentClient;
+use super::labels::PodLabels;
 use crate::{
     HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
 };
@@ -99,9 +100,10 @@ fn read_token(path: Option<&Path>) -> Option<Arc<str>> {
     }
 }
 
-/// Collects from `fixed` and the discovered agents into `source` until the task is dropped,
-/// authenticating with the token in `token_file` when given.
+/// Collects from `fixed` and the discovered agents into `source` with `client` until the task
+/// is dropped, authenticating with the token in `token_file` when given.
 pub async fn run(
+    client: AgentClient,
     source: Arc<MemorySource>,
     fixed: Vec<String>,
     discovered: channel::Receiver<BTreeSet<String>>,
@@ -109,8 +111,6 @@ pub async fn run(
     timing: Timing,
     token_file: Option<PathBuf>,
 ) {
-    // One client for every collection, so connections to the agents are kept alive.
-    let client = AgentClient::new(timing.timeout);
     let mut answers: HashMap<String, Answer> = HashMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
     let mut ticker = tokio::time::interval(timing.interval);

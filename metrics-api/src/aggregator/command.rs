@@ -14,6 +14,8 @@ use tokio::{sync::watch as channel, task::JoinSet};
 
 use super::{
     Error,
+    agent_client::AgentClient,
+    certificates::SelfManaged,
     collector::{self, Timing},
     configmap,
     discovery::AgentService,
@@ -32,11 +34,7 @@ const CERT_CHECK: Duration = Duration::from_secs(5);
 pub(crate) struct Config {
     /// Where the TLS server listens.
     pub listen: SocketAddr,
-    pub tls_cert_file: PathBuf,
-    pub tls_private_key_file: PathBuf,
-    /// Kubeconfig for the apiserver calls (SubjectAccessReviews, watches); `None` means
-    /// in-cluster or `$KUBECONFIG`.
-    pub kubeconfig: Option<PathBuf>,
+    pub serving: Serving,
     /// Agent base URLs always collected from.
     pub agents: Vec<String>,
     /// The agents' Service, whose EndpointSlices are watched.
@@ -46,6 +44,15 @@ pub(crate) struct Config {
     pub external_metrics: bool,
     /// Bearer token file for the node agents' API.
     pub agent_token_file: Option<PathBuf>,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum Serving {
+    /// Files (e.g. a cert-manager Secret), reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Made by the metrics API, kept in a Secret, its CA published in the APIServices.
+    SelfManaged(SelfManaged),
 }
 
 /// The flags of `podmeter metrics-api`.
@@ -58,12 +65,24 @@ pub struct Args {
         default_value = "0.0.0.0:6443"
     )]
     pub listen: SocketAddr,
-    /// Serving certificate chain (PEM); reloaded when the file changes.
-    #[arg(long)]
-    pub tls_cert_file: PathBuf,
+    /// Serving certificate chain (PEM); reloaded when the file changes. Without it, the
+    /// metrics API makes a CA and a certificate, keeps them in Secret `--cert-secret` and sets
+    /// the CA as the caBundle of its APIServices.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
     /// Serving private key (PEM); reloaded when the file changes.
-    #[arg(long)]
-    pub tls_private_key_file: PathBuf,
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Without --tls-cert-file: the Secret (in --namespace) holding the certificate it makes.
+    #[arg(long, default_value = "podmeter-metrics-api-certs")]
+    pub cert_secret: String,
+    /// Without --tls-cert-file: the Service the APIServices point at (in --namespace), named in
+    /// the certificate it makes as <service>.<namespace>.svc.
+    #[arg(long, default_value = "podmeter-metrics-api")]
+    pub service_name: String,
+    /// The metrics API's namespace (default: the pod's, or the kubeconfig context's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Kubeconfig for SubjectAccessReviews and watches (default: in-cluster or $KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -92,8 +111,8 @@ pub struct Args {
 }
 
 impl Args {
-    /// The configuration these flags describe.
-    fn config(self) -> Result<Config, Error> {
+    /// The configuration these flags describe; `default_namespace` when --namespace is not given.
+    fn config(self, default_namespace: &str) -> Result<Config, Error> {
         let interval = Duration::from_millis(self.collect_interval_ms);
         let agent_service = self
             .agent_service
@@ -101,9 +120,16 @@ impl Args {
             .transpose()?;
         Ok(Config {
             listen: self.listen,
-            tls_cert_file: self.tls_cert_file,
-            tls_private_key_file: self.tls_private_key_file,
-            kubeconfig: self.kubeconfig,
+            serving: match (self.tls_cert_file, self.tls_private_key_file) {
+                (Some(cert), Some(key)) => Serving::Files { cert, key },
+                _ => Serving::SelfManaged(SelfManaged {
+                    namespace: self
+                        .namespace
+                        .unwrap_or_else(|| default_namespace.to_owned()),
+                    secret: self.cert_secret,
+                    service: self.service_name,
+                }),
+            },
             agents: self
                 .agents
                 .into_iter()
@@ -127,7 +153,7 @@ pub fn run_args(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    run(args.config()?, shutdown)
+    run(args, shutdown)
 }
 
 /// Parses `NAMESPACE/NAME` for `--agent-service`.
@@ -143,20 +169,26 @@ fn parse_service(value: &str, port_name: Option<String>) -> Result<AgentService,
 }
 
 /// Runs the process on its own runtime until `shutdown` completes.
-fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(serve(config, shutdown, |addr| {
-        // Scripts and tests wait for this line.
-        println!("podmeter: metrics-api listening on https://{addr}");
-    }))
+    runtime.block_on(async {
+        let client = podmeter_kube::client(args.kubeconfig.as_deref()).await?;
+        let config = args.config(client.default_namespace())?;
+        serve(client, config, shutdown, |addr| {
+            // Scripts and tests wait for this line.
+            println!("podmeter: metrics-api listening on https://{addr}");
+        })
+        .await
+    })
 }
 
 /// Serves until `shutdown` completes; `on_listening` gets the bound address.
 async fn serve(
+    client: kube::Client,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
     on_listening: impl FnOnce(SocketAddr),
@@ -164,21 +196,42 @@ async fn serve(
     if config.agents.is_empty() && config.agent_service.is_none() {
         return Err(Error::NoAgents);
     }
-    let client = podmeter_kube::client(config.kubeconfig.as_deref()).await?;
     let request_headers = RequestHeaderAuth::new(configmap::read(client.clone()).await?)?;
-    let certificate =
-        ServingCertificate::from_files(&config.tls_cert_file, &config.tls_private_key_file)?;
+    let mut tasks = JoinSet::new();
+    let certificate = match &config.serving {
+        Serving::Files { cert, key } => {
+            let certificate = ServingCertificate::from_files(cert, key)?;
+            tasks.spawn(reload_certificate(
+                certificate.clone(),
+                cert.clone(),
+                key.clone(),
+            ));
+            certificate
+        }
+        Serving::SelfManaged(managed) => {
+            let bundle = managed.load_or_create(&client).await?;
+            let certificate = ServingCertificate::from_pem(&bundle.cert, &bundle.key)?;
+            tasks.spawn(
+                managed
+                    .clone()
+                    .keep(client.clone(), certificate.clone(), bundle),
+            );
+            certificate
+        }
+    };
     let tls = api::server_config(&certificate)?;
+    // One client for every collection, so connections to the agents are kept alive.
+    let agents = AgentClient::new(config.timing.timeout).map_err(Error::AgentTls)?;
 
     let source = Arc::new(MemorySource::new(podmeter_metrics()));
     let (labels, watch_labels) = PodLabels::watched(client.clone());
     let (targets, discovered) = channel::channel(BTreeSet::new());
-    let mut tasks = JoinSet::new();
     tasks.spawn(watch_labels);
     if let Some(service) = config.agent_service.clone() {
         tasks.spawn(service.watch(client.clone(), targets));
     }
     tasks.spawn(collector::run(
+        agents,
         source.clone(),
         config.agents.clone(),
         discovered,
@@ -188,11 +241,6 @@ async fn serve(
     ));
     let authenticator = request_headers.authenticator();
     tasks.spawn(configmap::watch(client.clone(), request_headers));
-    tasks.spawn(reload_certificate(
-        certificate,
-        config.tls_cert_file.clone(),
-        config.tls_private_key_file.clone(),
-    ));
 
     let app = api::protect(
         api::router(

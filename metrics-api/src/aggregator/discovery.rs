@@ -25,7 +25,8 @@ pub struct AgentService {
     pub port_name: Option<String>,
 }
 
-/// The base URLs (`http://ip:port`) of the ready endpoints in `slices`.
+/// The base URLs (`https://ip:port`) of the ready endpoints in `slices`: agents behind a Service
+/// authenticate their callers, and so serve TLS only.
 pub fn agent_urls<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port_name: Option<&str>,
@@ -50,9 +51,9 @@ pub fn agent_urls<'a>(
             }
             for address in &endpoint.addresses {
                 urls.insert(if ipv6 {
-                    format!("http://[{address}]:{port}")
+                    format!("https://[{address}]:{port}")
                 } else {
-                    format!("http://{address}:{port}")
+                    format!("https://{address}:{port}")
                 });
             }
         }
@@ -221,14 +222,14 @@ mod tests {
         assert_eq!(
             urls.into_iter().collect::<Vec<_>>(),
             [
-                "http://10.0.0.1:9464",
-                "http://10.0.0.3:9464",
-                "http://[fd00::1]:9464"
+                "https://10.0.0.1:9464",
+                "https://10.0.0.3:9464",
+                "https://[fd00::1]:9464"
             ]
         );
         // Without a name, each slice's first port.
         let first = agent_urls([&v4], None);
-        assert!(first.contains("http://10.0.0.1:9465"), "{first:?}");
+        assert!(first.contains("https://10.0.0.1:9465"), "{first:?}");
         // No such port: nothing.
         assert!(agent_urls([&v4], Some("nope")).is_empty());
     }
@@ -265,7 +266,7 @@ mod tests {
         let urls = agent_urls([&EndpointSlice::from(&slice)], Some("api"));
         assert_eq!(
             urls.into_iter().collect::<Vec<_>>(),
-            ["http://10.0.0.1:9464"]
+            ["https://10.0.0.1:9464"]
         );
         // The empty IPv6 slice a 1.20 server keeps beside it for a headless Service.
         let empty: EndpointSliceV1Beta1 = serde_json::from_value(serde_json::json!({

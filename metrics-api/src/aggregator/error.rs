@@ -36,6 +36,17 @@ pub enum Error {
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
 
+    #[error(
+        "Secret {namespace}/{name} lacks ca.crt, tls.crt or tls.key (delete it to have a new one made)"
+    )]
+    CertificateSecret { namespace: String, name: String },
+
+    #[error("making the serving certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+
+    #[error("the agent client's TLS: {0}")]
+    AgentTls(#[source] rustls::Error),
+
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

@@ -3,10 +3,12 @@
 //! `/v1/pods` once per collection interval (`collector`, over `agent_client`), drops an agent's
 //! pods once it stopped answering for the staleness bound, joins pod labels (`labels`), and
 //! serves the result through [`crate`] with the request-header CA kept current (`configmap`) and
-//! the serving certificate reloaded from its files ([`command`]). The three watches are
+//! the serving certificate reloaded from its files ([`command`]) or made and kept in a Secret,
+//! with the APIServices' caBundle, by `certificates`. The three watches are
 //! `podmeter_kube::watch::reflect`.
 
 mod agent_client;
+mod certificates;
 mod collector;
 pub mod command;
 mod configmap;

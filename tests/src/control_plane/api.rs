@@ -105,28 +105,7 @@ impl ControlPlane {
         name: &str,
         validity: Duration,
     ) -> Result<Credentials> {
-        let accounts = format!("/api/v1/namespaces/{namespace}/serviceaccounts");
-        let account = serde_json::json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace},
-        });
-        let created = self.request("POST", &accounts, Some(&account))?;
-        if !created.is_success() && created.status != 409 {
-            bail!(
-                "creating ServiceAccount {namespace}/{name}: HTTP {} {}",
-                created.status,
-                created.body
-            );
-        }
-        let token_request = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": validity.as_secs().max(600)},
-        });
-        let answer = self.post_json(&format!("{accounts}/{name}/token"), &token_request)?;
-        let token = answer["status"]["token"]
-            .as_str()
-            .with_context(|| format!("TokenRequest answer without a token: {answer}"))?
-            .to_owned();
+        let token = self.service_account_token(namespace, name, &[], validity)?;
         let file_stem = format!("sa-{}-{}", sanitize(namespace), sanitize(name));
         let auth = Auth::Token(token);
         let kubeconfig = write_kubeconfig(
@@ -141,6 +120,43 @@ impl ControlPlane {
             kubeconfig,
             auth,
         })
+    }
+
+    /// A bound token of ServiceAccount `namespace/name` (created when missing) from the
+    /// TokenRequest API for `audiences` (none: the apiserver's own), valid for `validity` (at
+    /// least 10 minutes).
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        validity: Duration,
+    ) -> Result<String> {
+        let accounts = format!("/api/v1/namespaces/{namespace}/serviceaccounts");
+        let account = serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+        });
+        let created = self.request("POST", &accounts, Some(&account))?;
+        if !created.is_success() && created.status != 409 {
+            bail!(
+                "creating ServiceAccount {namespace}/{name}: HTTP {} {}",
+                created.status,
+                created.body
+            );
+        }
+        let mut spec = serde_json::json!({"expirationSeconds": validity.as_secs().max(600)});
+        if !audiences.is_empty() {
+            spec["audiences"] = serde_json::json!(audiences);
+        }
+        let token_request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec,
+        });
+        let answer = self.post_json(&format!("{accounts}/{name}/token"), &token_request)?;
+        Ok(answer["status"]["token"]
+            .as_str()
+            .with_context(|| format!("TokenRequest answer without a token: {answer}"))?
+            .to_owned())
     }
 
     /// Runs the `kubectl` on `PATH` as admin; check the result with [`CommandOutput::check`].

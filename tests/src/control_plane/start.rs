@@ -111,6 +111,10 @@ impl ControlPlane {
                 pki.sa_key.display()
             ))
             .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
+            // The audiences the apiserver itself accepts (the default, spelt out): a token
+            // requested for another audience (the node agent's) authenticates only where a
+            // TokenReview names that audience.
+            .arg(format!("--api-audiences={SERVICE_ACCOUNT_ISSUER}"))
             .arg(format!(
                 "--requestheader-client-ca-file={}",
                 pki.front_proxy_ca.cert.display()
@@ -207,6 +211,7 @@ impl ControlPlane {
             dir,
         } = plane;
         let mut plane = Self {
+            scheduler: None,
             controller_manager,
             apiserver,
             etcd,
@@ -244,6 +249,9 @@ impl ControlPlane {
                 plane.log_tail("kube-controller-manager", 40)
             )
         })?;
+        if options.scheduler {
+            plane.scheduler = Some(plane.start_scheduler(&binaries)?);
+        }
         plane.startup = started.elapsed();
         Ok(plane)
     }
@@ -288,7 +296,11 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 }
 
 /// Spawns `command` with stdout and stderr appended to `<dir>/<component>.log`.
-fn spawn_logged(mut command: Command, component: &str, dir: &Path) -> Result<ChildGuard> {
+pub(super) fn spawn_logged(
+    mut command: Command,
+    component: &str,
+    dir: &Path,
+) -> Result<ChildGuard> {
     let log_path = dir.join(format!("{component}.log"));
     let log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;

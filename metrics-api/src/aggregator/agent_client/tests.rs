@@ -68,7 +68,7 @@ async fn agent() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn reads_the_reply_with_the_token_over_one_kept_alive_connection() {
     let (url, connections) = agent().await;
-    let client = AgentClient::new(Duration::from_secs(5));
+    let client = AgentClient::new(Duration::from_secs(5)).expect("a client");
     for _ in 0..3 {
         let reply = client.pods(&url, Some("t")).await.expect("a reply");
         assert_eq!(reply, empty_reply());
@@ -87,7 +87,7 @@ async fn an_agent_that_does_not_answer_times_out() {
     // Accepts connections (the backlog) but never reads them.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let url = format!("http://{}", listener.local_addr().expect("an address"));
-    let client = AgentClient::new(Duration::from_millis(100));
+    let client = AgentClient::new(Duration::from_millis(100)).expect("a client");
     let error = client.pods(&url, None).await.expect_err("no answer");
     assert_eq!(
         error.to_string(),
@@ -102,6 +102,7 @@ async fn a_refused_connection_names_the_url_and_the_cause() {
     let url = format!("http://{}", listener.local_addr().expect("an address"));
     drop(listener);
     let error = AgentClient::new(Duration::from_secs(5))
+        .expect("a client")
         .pods(&url, None)
         .await
         .expect_err("refused");
