@@ -10,7 +10,7 @@ pub enum Error {
     MissingPrivileges { missing: String },
 
     #[error(
-        "{path} is not a cgroup v2 directory: mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup`) or pass --cgroup-root <a cgroup2 directory>"
+        "{path} is not a cgroup v2 directory: mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup`) or pass --cgroup-root <a cgroup2 directory, or a hybrid host's cgroup mount with cgroup2 at unified/>"
     )]
     NotCgroup2 { path: PathBuf },
 

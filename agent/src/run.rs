@@ -149,10 +149,17 @@ pub async fn run(
 ) -> Result<(), Error> {
     preflight::check_privileges()?;
     let root = match &config.cgroup_root {
-        Some(p) => p.clone(),
+        Some(p) => preflight::cgroup2_root(p)?,
         None => preflight::cgroup2_mount()?,
     };
     preflight::check_cgroup2(&root)?;
+    if config
+        .cgroup_root
+        .as_ref()
+        .is_some_and(|given| *given != root)
+    {
+        info!(cgroup = %root.display(), "the cgroup root given is a hybrid host's mount: observing its cgroup2 tree");
+    }
     let identity = identity(&config, &root).await?;
 
     let (probes, mut checkpoint, history) = match &config.bpffs_dir {

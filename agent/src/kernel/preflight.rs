@@ -51,6 +51,31 @@ pub fn cgroup2_mount() -> Result<PathBuf, Error> {
         .ok_or(Error::NoCgroup2Mount)
 }
 
+/// Where hybrid hosts (cgroup v1 controllers, cgroup2 beside them) mount the cgroup2 tree,
+/// relative to the cgroup mount: systemd's and runc's `unified`.
+const HYBRID_UNIFIED: &str = "unified";
+
+/// The cgroup2 directory to observe for `--cgroup-root DIR`: DIR itself when it is cgroup2 (a
+/// cgroup v2 host), else its `unified` directory when that is (a hybrid host's mount, as a
+/// DaemonSet mounts the host's `/sys/fs/cgroup` whatever the layout). So one manifest works on
+/// both layouts.
+pub fn cgroup2_root(given: &Path) -> Result<PathBuf, Error> {
+    let is_cgroup2 = |p: &Path| check_cgroup2(p).is_ok();
+    match within(given, is_cgroup2) {
+        Some(root) => Ok(root),
+        // The error of the directory given says what is wrong with it.
+        None => check_cgroup2(given).map(|()| given.to_owned()),
+    }
+}
+
+fn within(given: &Path, is_cgroup2: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    if is_cgroup2(given) {
+        return Some(given.to_owned());
+    }
+    let unified = given.join(HYBRID_UNIFIED);
+    is_cgroup2(&unified).then_some(unified)
+}
+
 /// Fails unless `path` is a directory of a cgroup v2 hierarchy.
 pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
@@ -78,5 +103,34 @@ pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
         Err(Error::NotCgroup2 {
             path: path.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hybrid_hosts_mount_is_observed_at_its_unified_tree() {
+        let v2_host = |p: &Path| p == Path::new("/host/sys/fs/cgroup");
+        assert_eq!(
+            within(Path::new("/host/sys/fs/cgroup"), v2_host),
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
+        let hybrid = |p: &Path| p == Path::new("/host/sys/fs/cgroup/unified");
+        assert_eq!(
+            within(Path::new("/host/sys/fs/cgroup"), hybrid),
+            Some(PathBuf::from("/host/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(within(Path::new("/tmp"), |_| false), None);
+    }
+
+    #[test]
+    fn a_directory_without_cgroup2_keeps_its_error() {
+        let dir = std::env::temp_dir();
+        assert!(matches!(
+            cgroup2_root(&dir),
+            Err(Error::NotCgroup2 { path }) if path == dir
+        ));
     }
 }
