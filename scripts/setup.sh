@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything podmeter's build, tests and demo need on a fresh Debian machine, idempotently:
 # the pinned toolchain from rust-toolchain.toml, bpf-linker built against that toolchain's own LLVM,
-# and the Debian packages the tests and demo drive (nginx, hey, wrk, curl, prometheus, ...).
+# and the Debian packages the tests and demo drive (nginx, hey, wrk, curl, prometheus, ...), and
+# those of the end-to-end tests' real node and of `cargo xtask image` (containerd, runc, the CNI
+# plugins, buildah, busybox-static, conntrack).
 # Each step checks first and does nothing when already done, so reruns take about a second.
 # It honours RUSTUP_HOME and CARGO_HOME, so a fresh machine can be tried on one that is not:
 #   RUSTUP_HOME=$(mktemp -d) CARGO_HOME=$(mktemp -d) PODMETER_K8S_CACHE=$(mktemp -d) \
@@ -16,8 +18,12 @@ started=$(date +%s)
 # Prints how long the step that began at $1 took.
 took() { log "  done in $(($(date +%s) - $1)) s"; }
 
-# Debian packages used by tests, the demo and the benchmarks.
-packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps musl-tools)
+# Debian packages used by tests, the demo and the benchmarks. The last line is the real node of the
+# end-to-end tests (tests/src/node: containerd 1.6 and runc 1.1 run the kubelet's pods, the CNI
+# bridge and host-local plugins in /usr/lib/cni give them addresses, buildah builds the images from
+# busybox-static, conntrack is what a kubelet's node is expected to have) and `cargo xtask image`.
+packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps musl-tools
+  containerd runc containernetworking-plugins buildah busybox-static conntrack)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +36,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The nginx package starts a system-wide server on :80; podmeter's tests run their own.
   if command -v systemctl >/dev/null && systemctl is-active -q nginx 2>/dev/null; then systemctl stop nginx || true; fi
+  # Likewise the containerd package's system daemon: the tests run their own, with their own socket.
+  if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
+  fi
   took "$step"
 fi
 

@@ -7,6 +7,9 @@
 //! get SIGTERM if the test process itself is killed, and the next cluster removes what a killed
 //! run left behind.
 //!
+//! For end-to-end tests against Kubernetes itself, [`control_plane::ControlPlane`] runs a real
+//! apiserver, controllers and scheduler, and [`node::RealNode`] a real kubelet on containerd.
+//!
 //! Environment:
 //! - `PODMETER_BIN`: agent binary (default `debug/podmeter` in [`target_dir`]).
 //! - `PODMETER_TESTS_CGROUP2`: cgroup2 mount (default `/sys/fs/cgroup/unified`).
@@ -40,6 +43,7 @@ pub mod metrics_api;
 mod names;
 pub mod netns;
 pub mod nginx;
+pub mod node;
 pub mod paced;
 pub mod process;
 pub mod prometheus;

@@ -14,6 +14,9 @@ pub(crate) const BRIDGE_PREFIX: &str = "pmb";
 pub(crate) const VETH_PREFIX: &str = "pmv";
 /// Prefix of test parent cgroups: `podmeter-test-<pid>-<id>`.
 pub(crate) const CGROUP_PREFIX: &str = "podmeter-test-";
+/// Prefix of a real node's name, which is also its kubelet's cgroup root in every hierarchy:
+/// `podmeter-node-<pid>-<id>`.
+pub(crate) const NODE_PREFIX: &str = "podmeter-node-";
 /// Prefix of temp dirs: `podmeter-test-<pid>-<id>-<label>-XXXXXX`.
 pub(crate) const TEMP_DIR_PREFIX: &str = "podmeter-test-";
 
@@ -38,6 +41,10 @@ pub(crate) fn veth_name(id: u32) -> String {
 
 pub(crate) fn cgroup_parent_name(id: u32) -> String {
     format!("{CGROUP_PREFIX}{}-{id}", std::process::id())
+}
+
+pub(crate) fn node_name(id: u32) -> String {
+    format!("{NODE_PREFIX}{}-{id}", std::process::id())
 }
 
 pub(crate) fn temp_dir_stem(id: u32) -> String {
@@ -94,6 +101,7 @@ mod tests {
             decimal_owner(CGROUP_PREFIX, &cgroup_parent_name(9)),
             Some(pid)
         );
+        assert_eq!(decimal_owner(NODE_PREFIX, &node_name(5)), Some(pid));
         assert_eq!(interface_owner(BRIDGE_PREFIX, "pmbridge"), None);
         assert_eq!(decimal_owner(NETNS_PREFIX, "pmt-cli"), None);
         assert_eq!(

@@ -1,12 +1,14 @@
 //! Removal of what killed test runs left behind (a SIGKILLed test never runs its destructors).
 //!
 //! Only names made by [`crate::names`] whose owning PID no longer exists are touched; resources of
-//! live runs and everything else on the machine are left alone. Processes are never killed here:
-//! a leftover cgroup that still has processes is reported and kept.
+//! live runs and everything else on the machine are left alone. Processes are killed only when a
+//! dead run's [`crate::node::RealNode`] started them (its containers, in the node's cgroups, and
+//! containerd's shims, whose command lines name the node's directory); any other leftover cgroup
+//! that still has processes is reported and kept.
 
 use std::{fs, path::Path, process::Command, time::Duration};
 
-use crate::{cgroup, names, netns, process::run};
+use crate::{cgroup, names, netns, node, process::run};
 
 fn pid_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
@@ -14,10 +16,50 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Best effort: every failure is printed and skipped, so that a test still gets its chance to run.
 pub(crate) fn remove_leftovers_of_dead_runs() {
+    // First: its mounts and processes keep the others (directories, links, cgroups) busy.
+    remove_stale_nodes();
     remove_stale_netns();
     remove_stale_links();
     remove_stale_cgroups();
     remove_stale_temp_dirs();
+}
+
+/// A killed run's node: shims and containers still run, overlay and netns mounts stay under its
+/// directory, and its cgroup root stays in every hierarchy. (Its bridge goes with the other links;
+/// its veths went when their network namespaces did.)
+fn remove_stale_nodes() {
+    for dir in stale_temp_dirs() {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        if !name.contains("-node-") {
+            continue;
+        }
+        eprintln!(
+            "podmeter-tests: removing processes and mounts of dead run's node {}",
+            dir.display()
+        );
+        if let Err(error) = node::kill_processes_naming(&dir) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+        if let Err(error) = node::mounts::unmount_all_under(&dir) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+    }
+    for root in node::cgroups::roots_with_prefix(names::NODE_PREFIX) {
+        let Some(owner) = names::decimal_owner(names::NODE_PREFIX, &root) else {
+            continue;
+        };
+        if pid_alive(owner) {
+            continue;
+        }
+        eprintln!(
+            "podmeter-tests: removing cgroup /{root} (every hierarchy) left by dead test process {owner}"
+        );
+        if let Err(error) =
+            node::cgroups::kill_all(&root).and_then(|()| node::cgroups::remove_root(&root))
+        {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+    }
 }
 
 fn remove_stale_netns() {
@@ -103,23 +145,34 @@ fn cgroup_has_processes(dir: &Path) -> bool {
         .unwrap_or(true)
 }
 
-fn remove_stale_temp_dirs() {
+/// Temp dirs of dead test processes.
+fn stale_temp_dirs() -> Vec<std::path::PathBuf> {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(owner) = names::temp_dir_owner(&name) else {
-            continue;
-        };
-        if pid_alive(owner) || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            names::temp_dir_owner(&name).is_some_and(|owner| !pid_alive(owner))
+                && entry.file_type().is_ok_and(|kind| kind.is_dir())
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
+fn remove_stale_temp_dirs() {
+    for dir in stale_temp_dirs() {
+        // Never recurse into a mount (a node's container root filesystem, a netns file).
+        if node::mounts::mounts_under(&dir).is_ok_and(|mounts| !mounts.is_empty()) {
+            eprintln!(
+                "podmeter-tests: keeping {}: it still has mounts",
+                dir.display()
+            );
             continue;
         }
-        if let Err(error) = fs::remove_dir_all(entry.path()) {
-            eprintln!(
-                "podmeter-tests: removing {}: {error}",
-                entry.path().display()
-            );
+        if let Err(error) = fs::remove_dir_all(&dir) {
+            eprintln!("podmeter-tests: removing {}: {error}", dir.display());
         }
     }
 }

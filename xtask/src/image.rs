@@ -1,5 +1,7 @@
 //! `cargo xtask image`: the container image's binary (static, musl; the eBPF programs are embedded)
-//! and, where a container engine runs, the image itself from deploy/image/Containerfile.
+//! and the OCI image from deploy/image/Containerfile, built with buildah (no daemon needed) and
+//! written as the OCI archive target/image/podmeter-image.tar, which `ctr -n k8s.io images import`
+//! and `podman load` accept.
 
 use std::process::Command;
 
@@ -58,30 +60,78 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::metadata(&binary)?.len()
     );
     let containerfile = root.join("deploy/image/Containerfile");
-    for engine in ["podman", "docker"] {
-        let usable = Command::new(engine)
-            .arg("info")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if usable {
-            let status = Command::new(engine)
-                .args(["build", "-f"])
-                .arg(&containerfile)
-                .args(["-t", &args.tag])
-                .arg(&context)
-                .status()?;
-            if !status.success() {
-                bail!("{engine} build failed: {status}");
-            }
-            println!("image {} built with {engine}", args.tag);
-            return Ok(());
-        }
+    let name = full_name(&args.tag);
+    let archive = context.join(ARCHIVE);
+    // buildah refuses to overwrite an archive.
+    if archive.exists() {
+        std::fs::remove_file(&archive)?;
     }
+    let mut build = Command::new("buildah");
+    build
+        .args(["bud", "--format", "oci", "--layers=false", "-f"])
+        .arg(&containerfile)
+        .args(["-t", &name])
+        .arg(&context);
+    run_checked(build, "buildah bud (scripts/setup.sh installs buildah)")?;
+    let mut push = Command::new("buildah");
+    push.args(["push", "--quiet", &name])
+        .arg(format!("oci-archive:{}:{name}", archive.display()));
+    run_checked(push, "buildah push")?;
+    let size = Command::new("buildah")
+        .args(["images", "--format", "{{.Size}}", &name])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
     println!(
-        "no container engine runs here; build the image where one does:\n  podman build -f {} -t {} {}",
-        containerfile.display(),
-        args.tag,
-        context.display()
+        "image {name}: {} (OCI archive, {} bytes; image size {})\n\
+         import it on a node with: ctr -n k8s.io images import {}",
+        archive.display(),
+        std::fs::metadata(&archive)?.len(),
+        size.as_deref().unwrap_or("unknown"),
+        archive.display()
     );
     Ok(())
+}
+
+/// The OCI archive `cargo xtask image` writes into target/image.
+pub const ARCHIVE: &str = "podmeter-image.tar";
+
+/// The name containerd gives an image reference (`podmeter:0.1.0` is
+/// `docker.io/library/podmeter:0.1.0`), so that the archive imports under the name the manifests'
+/// `image: podmeter:0.1.0` resolves to.
+fn full_name(reference: &str) -> String {
+    let (first, rest) = reference.split_once('/').unwrap_or(("", reference));
+    let has_domain = first.contains('.') || first.contains(':') || first == "localhost";
+    match (first.is_empty(), has_domain) {
+        (true, _) => format!("docker.io/library/{rest}"),
+        (false, true) => reference.to_owned(),
+        (false, false) => format!("docker.io/{reference}"),
+    }
+}
+
+fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_name;
+
+    #[test]
+    fn references_get_containerds_full_names() {
+        assert_eq!(
+            full_name("podmeter:0.1.0"),
+            "docker.io/library/podmeter:0.1.0"
+        );
+        assert_eq!(full_name("me/podmeter:1"), "docker.io/me/podmeter:1");
+        assert_eq!(full_name("ghcr.io/me/podmeter:1"), "ghcr.io/me/podmeter:1");
+        assert_eq!(full_name("localhost/podmeter:1"), "localhost/podmeter:1");
+    }
 }

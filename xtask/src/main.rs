@@ -33,7 +33,7 @@ enum Task {
     /// Measures podmeter against its performance targets; prints a table and writes
     /// target/bench/summary.json (root; about 4 minutes after the builds, `--quick` about 70 s).
     Bench(bench::Args),
-    /// The image's static binary (musl) in target/image, and the image where a container engine runs.
+    /// The image's static binary (musl) and the OCI image built with buildah, both in target/image.
     Image(image::Args),
 }
 

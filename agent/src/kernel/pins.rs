@@ -67,7 +67,7 @@ mod meta {
 }
 
 /// bpffs' `f_type` (linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinsError {
@@ -522,18 +522,8 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 }
 
 fn check_bpffs(path: &Path) -> Result<(), Error> {
-    let name = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a zeroed statfs is a valid out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated and `st` is writable.
-    if unsafe { libc::statfs(name.as_ptr(), &raw mut st) } != 0 {
-        return Err(io_at(path)(io::Error::last_os_error()).into());
-    }
-    #[expect(
-        clippy::useless_conversion,
-        reason = "f_type's width differs between libcs"
-    )]
-    if i64::from(st.f_type) != BPF_FS_MAGIC {
+    let magic = super::preflight::filesystem_magic(path).map_err(io_at(path))?;
+    if magic != BPF_FS_MAGIC {
         return Err(PinsError::NotBpffs {
             path: path.to_owned(),
         }

@@ -78,32 +78,33 @@ fn within(given: &Path, is_cgroup2: impl Fn(&Path) -> bool) -> Option<PathBuf> {
 
 /// Fails unless `path` is a directory of a cgroup v2 hierarchy.
 pub fn check_cgroup2(path: &Path) -> Result<(), Error> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::NotCgroup2 {
+    match filesystem_magic(path) {
+        Ok(CGROUP2_SUPER_MAGIC) => Ok(()),
+        Ok(_) => Err(Error::NotCgroup2 {
             path: path.to_owned(),
-        }
-    })?;
+        }),
+        Err(source) => Err(Error::OpenCgroup {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The magic number of the filesystem `path` is on (statfs `f_type`).
+pub fn filesystem_magic(path: &Path) -> std::io::Result<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
     // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(Error::OpenCgroup {
-            path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error());
     }
     // `f_type` is i64 with glibc and u64 with musl (the static image build).
     #[allow(
         clippy::unnecessary_cast,
         reason = "the cast is needed with glibc, not musl"
     )]
-    let f_type = st.f_type as u64;
-    if f_type == CGROUP2_SUPER_MAGIC {
-        Ok(())
-    } else {
-        Err(Error::NotCgroup2 {
-            path: path.to_owned(),
-        })
-    }
+    Ok(st.f_type as u64)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Finding the etcd, kube-apiserver and kube-controller-manager binaries, and building the
-//! Kubernetes ones with `scripts/k8s-control-plane.sh` when the default cache is incomplete.
+//! Finding the etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet binaries,
+//! and building the Kubernetes ones with `scripts/k8s-control-plane.sh` when the default cache is
+//! incomplete.
 
 use std::{
     fs,
@@ -17,25 +18,30 @@ use crate::process::ChildGuard;
 const BUILD_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// Where the binaries are; runs the build script when the default cache is incomplete.
-pub(super) struct Binaries {
+pub(crate) struct Binaries {
     pub(super) apiserver: PathBuf,
     pub(super) controller_manager: PathBuf,
+    pub(super) scheduler: PathBuf,
+    /// Not run by the control plane itself: [`crate::node::RealNode`] runs it.
+    pub(crate) kubelet: PathBuf,
     pub(super) etcd: PathBuf,
 }
 
 impl Binaries {
-    pub(super) fn locate() -> Result<Self> {
+    pub(crate) fn locate() -> Result<Self> {
         let (dir, overridden) = match std::env::var_os(BIN_DIR_ENV) {
             Some(dir) => (PathBuf::from(dir), true),
             None => (cache_bin_dir(), false),
         };
         let apiserver = dir.join("kube-apiserver");
         let controller_manager = dir.join("kube-controller-manager");
+        let scheduler = dir.join("kube-scheduler");
+        let kubelet = dir.join("kubelet");
         let etcd_override = std::env::var_os(ETCD_BIN_ENV).map(PathBuf::from);
         let missing = || {
             let etcd = etcd_override.clone().or_else(|| find_on_path("etcd"));
             let mut missing = Vec::new();
-            for binary in [&apiserver, &controller_manager] {
+            for binary in [&apiserver, &controller_manager, &scheduler, &kubelet] {
                 if !is_executable(binary) {
                     missing.push(binary.display().to_string());
                 }
@@ -75,6 +81,8 @@ impl Binaries {
         Ok(Self {
             apiserver,
             controller_manager,
+            scheduler,
+            kubelet,
             etcd: etcd.context("etcd")?,
         })
     }
@@ -87,7 +95,7 @@ fn run_build_script() -> Result<()> {
         .join("scripts/k8s-control-plane.sh");
     eprintln!(
         "podmeter-tests: Kubernetes binaries missing from {}; running {} \
-         (the first build takes 5 to 8 minutes)",
+         (the first build takes 9 to 13 minutes)",
         cache_bin_dir().display(),
         script.display()
     );

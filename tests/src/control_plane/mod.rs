@@ -1,17 +1,20 @@
 //! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager
 //! (v1.20.2, built from Debian's source package by `scripts/k8s-control-plane.sh`), with generated
-//! certificates, for end-to-end tests of what the HPA sees. No kubelet, scheduler or kube-proxy
-//! runs: pods stay Pending until a test patches their status (see [`ControlPlane::mark_pod_running`]).
+//! certificates, for end-to-end tests of what the HPA sees. By default no kubelet, scheduler or
+//! kube-proxy runs: pods stay Pending until a test patches their status (see
+//! [`ControlPlane::mark_pod_running`]). With [`ControlPlaneOptions::for_real_node`] the real
+//! kube-scheduler runs too, and a [`crate::node::RealNode`] beside it runs the pods for real.
 //!
 //! Every port is a free loopback port, every file lives in one [`TempDir`], and dropping the guard
-//! stops the three processes (by PID, through [`ChildGuard`]) and removes the directory.
+//! stops the processes (by PID, through [`ChildGuard`]) and removes the directory.
 //!
 //! Environment:
-//! - `PODMETER_K8S_BIN`: directory holding `kube-apiserver` and `kube-controller-manager`
+//! - `PODMETER_K8S_BIN`: directory holding `kube-apiserver`, `kube-controller-manager`,
+//!   `kube-scheduler` and `kubelet`
 //!   (default `bin/` of the script's cache: `$PODMETER_K8S_CACHE`, else [`DEFAULT_CACHE_DIR`]).
 //!   `cargo xtask test` runs `scripts/k8s-control-plane.sh` as a step before any test starts;
 //!   a test run any other way finds an incomplete default cache and runs the script itself, before
-//!   its start deadline begins (idempotent; the first build takes 5 to 8 minutes).
+//!   its start deadline begins (idempotent; the first build takes 9 to 13 minutes).
 //! - `PODMETER_ETCD_BIN`: etcd binary (default `etcd` on `PATH`, from Debian's `etcd-server`).
 //!
 //! Also needed on `PATH`: `openssl`, `curl` and `kubectl` (any recent client; a 1.32 client works
@@ -42,9 +45,11 @@ use crate::{process::ChildGuard, tempdir::TempDir};
 mod api;
 mod binaries;
 mod pki;
+mod scheduler;
 mod start;
 
 pub use api::{ApiResponse, Credentials};
+pub(crate) use binaries::Binaries;
 pub use pki::CertPair;
 
 use pki::{Pki, serving_cert};
@@ -82,6 +87,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// replicaset controllers must run; the serviceaccount ones make pods admissible.
 pub const CONTROLLERS: &str =
     "horizontalpodautoscaling,deployment,replicaset,serviceaccount,serviceaccount-token";
+/// [`CONTROLLERS`] plus those a cluster with a real node needs: the node lifecycle controller
+/// lifts the `node.kubernetes.io/not-ready` taint the kubelet registers its Node with (or the
+/// scheduler places nothing), and the garbage collector makes deleting a Deployment delete its
+/// ReplicaSet and pods, which the kubelet then stops.
+pub const NODE_CONTROLLERS: &str = "horizontalpodautoscaling,deployment,replicaset,\
+     serviceaccount,serviceaccount-token,nodelifecycle,garbagecollector";
 
 /// How to start a [`ControlPlane`].
 #[derive(Debug, Clone)]
@@ -98,6 +109,20 @@ pub struct ControlPlaneOptions {
     /// [`CONTROLLERS`] (add `garbagecollector` for cascading deletes, `namespace` for namespace
     /// deletion; neither runs by default).
     pub controller_manager_args: Vec<String>,
+    /// Also run kube-scheduler (as `system:kube-scheduler`), so that pods get a node.
+    pub scheduler: bool,
+}
+
+impl ControlPlaneOptions {
+    /// For a cluster with a [`crate::node::RealNode`]: the scheduler runs, and the controllers
+    /// are [`NODE_CONTROLLERS`].
+    pub fn for_real_node() -> Self {
+        Self {
+            scheduler: true,
+            controller_manager_args: vec![format!("--controllers={NODE_CONTROLLERS}")],
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ControlPlaneOptions {
@@ -108,14 +133,16 @@ impl Default for ControlPlaneOptions {
             start_timeout: Duration::from_secs(90),
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
+            scheduler: false,
         }
     }
 }
 
-/// A running etcd + kube-apiserver + kube-controller-manager on loopback.
+/// A running etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler) on loopback.
 #[derive(Debug)]
 pub struct ControlPlane {
-    // Field order is drop order: controllers first, etcd last, then the directory.
+    // Field order is drop order: scheduler and controllers first, etcd last, then the directory.
+    scheduler: Option<ChildGuard>,
     controller_manager: ChildGuard,
     apiserver: ChildGuard,
     etcd: ChildGuard,
@@ -218,7 +245,13 @@ impl ControlPlane {
             (&mut self.etcd, "etcd"),
             (&mut self.apiserver, "kube-apiserver"),
             (&mut self.controller_manager, "kube-controller-manager"),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.scheduler
+                .as_mut()
+                .map(|guard| (guard, "kube-scheduler")),
+        ) {
             if let Some(status) = guard.try_wait()? {
                 return Err(ProcessExited {
                     component,
@@ -236,7 +269,11 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // The logs go with the directory; show them when a test failed while we ran.
         if std::thread::panicking() {
-            for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+            let scheduler = self.scheduler.as_ref().map(|_| "kube-scheduler");
+            for component in ["etcd", "kube-apiserver", "kube-controller-manager"]
+                .into_iter()
+                .chain(scheduler)
+            {
                 eprintln!(
                     "podmeter-tests: {component} log (last 30 lines):\n{}",
                     self.log_tail(component, 30)
