@@ -1,4 +1,4 @@
-//! Builds the kernel programs (`agent-ebpf`) for the BPF target so `ebpf.rs` can embed them.
+//! Builds the kernel programs (`agent-ebpf`) for the BPF target so `kernel/programs.rs` can embed them.
 use anyhow::{Context as _, anyhow};
 // A build-dependency only so cargo rebuilds the agent when the kernel programs change.
 use podmeter_ebpf as _;

@@ -4,7 +4,7 @@
 //! attributed and booked into the books' totals, rates and gauges (`book_counts`).
 //!
 //! `cargo xtask bench` runs these and reports the throughput of `pipeline/decode_pair_book` as the
-//! pipeline ceiling. Run alone: `cargo bench -p podmeter --bench pipeline`.
+//! pipeline ceiling. Run alone: `cargo bench -p podmeter-agent --bench pipeline`.
 
 use std::{
     hint::black_box,

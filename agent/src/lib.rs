@@ -19,16 +19,17 @@
 //!                                         exporters: /v1/pods, /v1/agent, /metrics
 //! ```
 //!
-//! - [`kernel`] loads and attaches the programs, checks privileges and cgroup2, and reads the
-//!   exact counters, the ring buffer's fill and the connection table;
-//! - [`events`] decodes ring buffer records and drains the ring;
-//! - [`connections`] pairs each request with its response on its connection;
-//! - [`identity`] says which pod a cgroup is (Kubernetes API, identity file or directory names);
-//! - [`attribution`] holds the rule that makes each request count once, and books counts and
+//! - `kernel` loads and attaches the programs, checks privileges and cgroup2, reads the exact
+//!   counters, the ring buffer's fill and the connection table, and pins them in bpffs for the
+//!   next agent to take over (`pins.rs`);
+//! - `events` decodes ring buffer records and drains the ring;
+//! - `connections` pairs each request with its response on its connection;
+//! - `identity` says which pod a cgroup is (Kubernetes API, identity file or directory names);
+//! - `attribution` holds the rule that makes each request count once, and books counts and
 //!   exchanges to pods;
-//! - [`books`] keeps what is known per pod: exact totals, windowed rates and durations, routes;
-//! - [`exporters`] serve them: the agent API, its authentication and the Prometheus families;
-//! - [`run`] wires it all and runs until told to stop.
+//! - `books` keeps what is known per pod: exact totals, windowed rates and durations, routes;
+//! - `exporters` serve them: the agent API, its authentication and the Prometheus families;
+//! - `run.rs` wires it all and [`run`]s until told to stop.
 
 mod attribution;
 mod books;

@@ -1,5 +1,6 @@
-//! The `podmeter` command: `agent` runs the node agent, `top` watches one, `recommend` says what
-//! an HPA would decide on its rates, and `metrics-api` serves them to the HPA.
+//! The `podmeter` command: `agent` runs the node agent (`agent-uninstall` removes what it left
+//! pinned), `top` watches one, `recommend` says what an HPA would decide on its rates, and
+//! `metrics-api` serves them to the HPA.
 
 mod shutdown;
 mod top;

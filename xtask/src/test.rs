@@ -125,7 +125,7 @@ pub fn test(lint_first: bool, extra: &[String]) -> anyhow::Result<()> {
     }
     let k8s = steps.run(
         "the Kubernetes control plane the end-to-end tests run (scripts/k8s-control-plane.sh)",
-        "builds kube-apiserver and kube-controller-manager from Debian's source, 5 to 8 min",
+        "builds kube-apiserver, kube-controller-manager, kube-scheduler and kubelet from Debian's source, 5 to 8 min",
         kubernetes_control_plane,
     )?;
     steps.run(

@@ -15,11 +15,9 @@
 //! request.
 
 use podmeter_common::{peer, role};
-use serde::Serialize;
 
 /// Where an observation is booked for its pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Flow {
     /// Requests this pod served to others: the per-pod QPS.
     Inbound,

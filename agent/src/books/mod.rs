@@ -60,6 +60,7 @@ impl PodBook {
     }
 
     /// Distinct routes (without `other`) the pod has in a flow's direction.
+    #[cfg(test)]
     pub fn routes(&self, flow: Flow) -> usize {
         self.routes.len(flow)
     }
@@ -265,6 +266,7 @@ impl Books {
         self.pods.iter()
     }
 
+    #[cfg(test)]
     pub fn get(&self, pod: &PodId) -> Option<&PodBook> {
         self.pods.get(pod)
     }
@@ -295,6 +297,7 @@ impl Books {
     }
 
     /// Whether requests get route labels.
+    #[cfg(test)]
     pub fn route_labels(&self) -> bool {
         self.route_cap.is_some()
     }

@@ -159,6 +159,7 @@ impl PodRoutes {
     }
 
     /// Distinct routes (without `other`) in a direction.
+    #[cfg(test)]
     pub fn len(&self, flow: Flow) -> usize {
         self.0[Self::direction(flow)].names.len()
     }

@@ -3,7 +3,7 @@
 use podmeter_common::{HEAD_LEN, HttpEvent, event_kind};
 
 /// HTTP request methods, with everything else under `Other`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     Get,
     Head,

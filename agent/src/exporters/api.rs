@@ -10,9 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use podmeter_wire::{
-    AgentReply, FlowReply, ObservedReply, PodReply, PodsReply, UnattributedReply, Workload,
-};
+use podmeter_wire::{AgentReply, FlowReply, ObservedReply, PodReply, PodsReply, UnattributedReply};
 
 use crate::{
     attribution::flow::Flow,
@@ -91,10 +89,7 @@ fn pods_reply(books: &Books) -> PodsReply {
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
                 uid: id.uid.clone(),
-                workload: id
-                    .workload
-                    .as_ref()
-                    .map(|w| Workload::new(w.kind.clone(), w.name.clone())),
+                workload: id.workload.clone(),
                 inbound,
                 outbound,
                 loopback_inbound,

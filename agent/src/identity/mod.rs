@@ -14,8 +14,6 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
-
 pub(crate) use kubernetes::KubernetesIdentity;
 pub(crate) use local::LocalIdentity;
 
@@ -24,13 +22,11 @@ pub(crate) use local::LocalIdentity;
 /// Two `PodId`s are the same pod when namespace, name and UID agree: a pod deleted and created
 /// again under the same name (a StatefulSet's `web-0`) is a new pod and starts from zero. The
 /// workload is descriptive and takes no part in equality.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct PodId {
     pub(crate) namespace: String,
     pub(crate) name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) uid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) workload: Option<Workload>,
 }
 
@@ -83,27 +79,8 @@ impl fmt::Display for PodId {
 }
 
 /// The controller a pod belongs to: `Deployment` (through its ReplicaSet), `StatefulSet`,
-/// `DaemonSet`, `Job`, or whatever other kind owns it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct Workload {
-    pub(crate) kind: String,
-    pub(crate) name: String,
-}
-
-impl Workload {
-    pub(crate) fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for Workload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind, self.name)
-    }
-}
+/// `DaemonSet`, `Job`, or whatever other kind owns it; the agent API's type, as it serves it.
+pub(crate) use podmeter_wire::Workload;
 
 /// Which source names pods (`--identity`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

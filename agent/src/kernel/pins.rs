@@ -107,8 +107,11 @@ pub fn dir_of(bpffs_dir: &Path, cgroup: &Path) -> Result<PathBuf, Error> {
             source,
         })?
         .ino();
-    Ok(bpffs_dir.join(format!("cgroup-{ino}")))
+    Ok(bpffs_dir.join(format!("{DIR_PREFIX}{ino}")))
 }
+
+/// The prefix of the directories podmeter pins under `--bpffs-dir`, one per cgroup root.
+const DIR_PREFIX: &str = "cgroup-";
 
 /// What the previous agent had booked, for the next one to continue from.
 pub struct History {
@@ -132,13 +135,13 @@ impl Checkpoint {
     pub fn record(&mut self, current: &[(CountKey, u64)], read_ns: u64) -> Result<(), Error> {
         for (key, value) in current {
             if self.written.get(key) != Some(value) {
-                self.booked
-                    .insert(key, value, 0)
-                    .map_err(|source| Error::Map {
-                        map: "CHECKPOINT",
-                        source,
-                    })?;
-                self.written.insert(*key, *value);
+                // One key that cannot be written must not stop the others, nor the time.
+                match self.booked.insert(key, value, 0) {
+                    Ok(()) => {
+                        self.written.insert(*key, *value);
+                    }
+                    Err(error) => warn!(%error, "a counter's checkpoint could not be written"),
+                }
             }
         }
         self.meta
@@ -173,19 +176,40 @@ pub fn attach(cgroup: &Path, sizes: &MapSizes, dir: &Path) -> Result<PinnedProbe
     let parent = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent).map_err(io_at(parent))?;
     check_bpffs(parent)?;
-    let previous = previous_checkpoint_ns(dir)?;
+    let mut previous = previous_checkpoint_ns(dir)?;
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
 
-    let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(names::EVENTS, sizes.ring_bytes)
-        .map_max_entries(names::CONNECTIONS, sizes.connections)
-        .map_max_entries(names::COUNTS, sizes.counters);
-    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(OBJECT)?;
+    let load_object = || {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::EVENTS, sizes.ring_bytes)
+            .map_max_entries(names::CONNECTIONS, sizes.connections)
+            .map_max_entries(names::COUNTS, sizes.counters);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        loader.load(OBJECT)
+    };
+    let mut ebpf = match load_object() {
+        Ok(ebpf) => ebpf,
+        // Pinned maps of other sizes (`--ring-mib` or the table sizes changed) cannot be
+        // reused: replace them rather than fail at every restart. The gap's counts are lost.
+        Err(error) if previous.is_some() => {
+            warn!(
+                pins = %dir.display(),
+                %error,
+                "the pinned maps do not fit this agent (were --ring-mib or map sizes changed?): \
+                 detaching and replacing them; the counts since the last agent's read are lost"
+            );
+            for removed in remove_dir(dir)? {
+                info!(removed = %removed.display(), "unpinned");
+            }
+            previous = None;
+            std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+            load_object()?
+        }
+        Err(error) => return Err(error.into()),
+    };
 
     let (mut checkpoint, old_build, history) = open_checkpoint(dir, sizes, previous)?;
     let build = build_hash();
@@ -573,7 +597,8 @@ pub fn remove_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 }
 
 /// `podmeter agent-uninstall`: detaches and unpins the programs and counters of every cgroup root
-/// under `bpffs_dir`, then removes it. Returns what was removed.
+/// under `bpffs_dir` (the `cgroup-*` directories podmeter made; anything else there is left
+/// alone), then removes `bpffs_dir` if that left it empty. Returns what was removed.
 pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut removed = Vec::new();
     if !bpffs_dir.exists() {
@@ -581,12 +606,17 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<PathBuf>, Error> {
     }
     for entry in std::fs::read_dir(bpffs_dir).map_err(io_at(bpffs_dir))? {
         let path = entry.map_err(io_at(bpffs_dir))?.path();
-        if path.is_dir() {
+        let ours = path
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(DIR_PREFIX.as_bytes()));
+        if ours && path.is_dir() {
             removed.extend(remove_dir(&path)?);
         }
     }
-    std::fs::remove_dir(bpffs_dir).map_err(io_at(bpffs_dir))?;
-    removed.push(bpffs_dir.to_owned());
+    // Not empty: someone else's pins share the directory (or it is the bpffs root): keep it.
+    if std::fs::remove_dir(bpffs_dir).is_ok() {
+        removed.push(bpffs_dir.to_owned());
+    }
     Ok(removed)
 }
 

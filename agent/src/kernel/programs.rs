@@ -3,7 +3,8 @@
 //! The programs are attached with BPF links: the kernel runs link-attached cgroup programs next
 //! to any others (multi-attach is implied; link_create takes no attach flags, hence
 //! `CgroupAttachMode::Single`), and dropping [`Probes`], or the process dying, detaches them,
-//! never leaving an attachment behind.
+//! never leaving an attachment behind, unless `--bpffs-dir` pinned them so that the next agent
+//! takes them over (`pins.rs`).
 
 use std::{fs::File, path::Path};
 

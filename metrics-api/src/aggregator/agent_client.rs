@@ -23,7 +23,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
 
-/// A bound on one reply (ureq's `read_json` had the same); a node's pods take far less.
+/// A bound on one reply; a node's pods take far less.
 const MAX_REPLY_BYTES: usize = 10 * 1024 * 1024;
 
 /// The node agents' API, over connections kept alive between collections.

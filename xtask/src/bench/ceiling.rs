@@ -35,7 +35,14 @@ pub struct CriterionBench {
 
 /// Builds the bench binary (before any timing starts).
 pub fn build() -> Result<()> {
-    crate::test::cargo(&["bench", "-p", "podmeter", "--bench", "pipeline", "--no-run"])
+    crate::test::cargo(&[
+        "bench",
+        "-p",
+        "podmeter-agent",
+        "--bench",
+        "pipeline",
+        "--no-run",
+    ])
 }
 
 /// Runs the criterion benches pinned to `cpu` and reads their estimates.
@@ -50,7 +57,13 @@ pub fn criterion(plan: &Plan, cpu: usize) -> Result<Vec<CriterionBench>> {
         .args(["-c", &cpu.to_string()])
         .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
-            "bench", "--quiet", "-p", "podmeter", "--bench", "pipeline", "--",
+            "bench",
+            "--quiet",
+            "-p",
+            "podmeter-agent",
+            "--bench",
+            "pipeline",
+            "--",
         ])
         .current_dir(workspace());
     if plan.quick {

@@ -40,7 +40,7 @@ pub struct AgentInfo {
     pub ring_positions: bool,
 }
 
-/// What a scrape reads: the health readings and the two numbers the books keep.
+/// What a scrape reads: the health readings and the number of pods with series.
 #[derive(Clone, Debug, Default)]
 pub struct HealthReading {
     pub health: Health,
