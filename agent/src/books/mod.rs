@@ -332,18 +332,7 @@ mod tests {
 
     fn books() -> Books {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(
-            &mut registry,
-            &AgentInfo {
-                version: "test".to_owned(),
-                programs: "p".to_owned(),
-                link: "l".to_owned(),
-                cgroup_root: "/r".to_owned(),
-                rate_window_secs: 30,
-                ring_capacity_bytes: 4096,
-                ring_positions: false,
-            },
-        );
+        let metrics = Metrics::register(&mut registry, &AgentInfo::for_tests(30));
         Books::new(RateWindow::DEFAULT, Instant::now(), Some(5), metrics.http)
     }
 

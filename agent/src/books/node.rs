@@ -128,18 +128,7 @@ mod tests {
 
     fn state(route_cap: Option<usize>) -> (NodeState, Registry, Instant) {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(
-            &mut registry,
-            &AgentInfo {
-                version: "test".to_owned(),
-                programs: "p".to_owned(),
-                link: "l".to_owned(),
-                cgroup_root: "/r".to_owned(),
-                rate_window_secs: 10,
-                ring_capacity_bytes: 4096,
-                ring_positions: false,
-            },
-        );
+        let metrics = Metrics::register(&mut registry, &AgentInfo::for_tests(10));
         let t0 = Instant::now();
         let window = RateWindow::try_from(10).expect("valid");
         let state = NodeState {

@@ -82,19 +82,7 @@ impl ControlPlane {
         let pair = self
             .pki
             .client_cert(self.dir.path(), &file_stem, user, groups)?;
-        let auth = Auth::Cert(pair);
-        let kubeconfig = write_kubeconfig(
-            self.dir.path(),
-            &file_stem,
-            &self.server,
-            &self.pki.ca.cert,
-            &auth,
-        )?;
-        Ok(Credentials {
-            user: user.into(),
-            kubeconfig,
-            auth,
-        })
+        self.credentials(user.into(), &file_stem, Auth::Cert(pair))
     }
 
     /// Credentials of ServiceAccount `namespace/name` (created when missing) with a bound token
@@ -107,16 +95,21 @@ impl ControlPlane {
     ) -> Result<Credentials> {
         let token = self.service_account_token(namespace, name, &[], validity)?;
         let file_stem = format!("sa-{}-{}", sanitize(namespace), sanitize(name));
-        let auth = Auth::Token(token);
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        self.credentials(user, &file_stem, Auth::Token(token))
+    }
+
+    /// `user`'s credentials with a kubeconfig for this server written as `<file_stem>.kubeconfig`.
+    fn credentials(&self, user: String, file_stem: &str, auth: Auth) -> Result<Credentials> {
         let kubeconfig = write_kubeconfig(
             self.dir.path(),
-            &file_stem,
+            file_stem,
             &self.server,
             &self.pki.ca.cert,
             &auth,
         )?;
         Ok(Credentials {
-            user: format!("system:serviceaccount:{namespace}:{name}"),
+            user,
             kubeconfig,
             auth,
         })

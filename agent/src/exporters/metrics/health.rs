@@ -40,6 +40,22 @@ pub struct AgentInfo {
     pub ring_positions: bool,
 }
 
+#[cfg(test)]
+impl AgentInfo {
+    /// The facts of an agent as tests set it up: version 0.1.0, a 4 MiB ring, `rate_window_secs`.
+    pub(crate) fn for_tests(rate_window_secs: u32) -> Self {
+        Self {
+            version: "0.1.0".to_owned(),
+            programs: "cgroup_skb/ingress,cgroup_skb/egress,sock_ops".to_owned(),
+            link: "bpf_link".to_owned(),
+            cgroup_root: "/sys/fs/cgroup".to_owned(),
+            rate_window_secs,
+            ring_capacity_bytes: 4 << 20,
+            ring_positions: true,
+        }
+    }
+}
+
 /// What a scrape reads: the health readings and the number of pods with series.
 #[derive(Clone, Debug, Default)]
 pub struct HealthReading {

@@ -62,15 +62,7 @@ mod tests {
     };
 
     fn info() -> AgentInfo {
-        AgentInfo {
-            version: "0.1.0".to_owned(),
-            programs: "cgroup_skb/ingress,cgroup_skb/egress,sock_ops".to_owned(),
-            link: "bpf_link".to_owned(),
-            cgroup_root: "/sys/fs/cgroup".to_owned(),
-            rate_window_secs: 30,
-            ring_capacity_bytes: 4 << 20,
-            ring_positions: true,
-        }
+        AgentInfo::for_tests(30)
     }
 
     fn exchange(method: Method, outcome: Outcome, latency_us: Option<u64>) -> Exchange {
