@@ -3,7 +3,7 @@
 # the pinned toolchain from rust-toolchain.toml, bpf-linker built against that toolchain's own LLVM,
 # and the Debian packages the tests and demo drive (nginx, hey, wrk, curl, prometheus, ...), and
 # those of the end-to-end tests' real node and of `cargo xtask image` (containerd, runc, the CNI
-# plugins, buildah, busybox-static, conntrack).
+# plugins, buildah, busybox-static, conntrack, iptables).
 # Each step checks first and does nothing when already done, so reruns take about a second.
 # It honours RUSTUP_HOME and CARGO_HOME, so a fresh machine can be tried on one that is not:
 #   RUSTUP_HOME=$(mktemp -d) CARGO_HOME=$(mktemp -d) PODMETER_K8S_CACHE=$(mktemp -d) \
@@ -21,9 +21,10 @@ took() { log "  done in $(($(date +%s) - $1)) s"; }
 # Debian packages used by tests, the demo and the benchmarks. The last line is the real node of the
 # end-to-end tests (tests/src/node: containerd 1.6 and runc 1.1 run the kubelet's pods, the CNI
 # bridge and host-local plugins in /usr/lib/cni give them addresses, buildah builds the images from
-# busybox-static, conntrack is what a kubelet's node is expected to have) and `cargo xtask image`.
+# busybox-static, conntrack is what a kubelet's node is expected to have, kube-proxy writes its
+# rules with iptables, nf_tables backend) and `cargo xtask image`.
 packages=(nginx hey wrk curl prometheus openssl ncat bpftool nftables iproute2 procps musl-tools
-  containerd runc containernetworking-plugins buildah busybox-static conntrack)
+  containerd runc containernetworking-plugins buildah busybox-static conntrack iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -56,15 +56,121 @@ pub mod status_class {
     }
 }
 
+/// HTTP request methods, as the kernel tells them apart (RFC 9110's and PATCH).
+pub mod method {
+    pub const GET: u16 = 1;
+    pub const HEAD: u16 = 2;
+    pub const POST: u16 = 3;
+    pub const PUT: u16 = 4;
+    pub const DELETE: u16 = 5;
+    pub const CONNECT: u16 = 6;
+    pub const OPTIONS: u16 = 7;
+    pub const TRACE: u16 = 8;
+    pub const PATCH: u16 = 9;
+    /// Ids are `1..COUNT`.
+    pub const COUNT: u16 = 10;
+
+    /// The method's name; `None` for an id that names none.
+    pub const fn name(id: u16) -> Option<&'static str> {
+        Some(match id {
+            GET => "GET",
+            HEAD => "HEAD",
+            POST => "POST",
+            PUT => "PUT",
+            DELETE => "DELETE",
+            CONNECT => "CONNECT",
+            OPTIONS => "OPTIONS",
+            TRACE => "TRACE",
+            PATCH => "PATCH",
+            _ => return None,
+        })
+    }
+}
+
 /// Which counter of a (cgroup, role, peer) a [`CountKey`] names.
 pub mod counter {
-    /// Requests started (request line seen once; retransmissions and body bytes excluded).
-    pub const REQUESTS: u16 = 0;
+    use super::{method, status_class};
 
-    /// Exchanges ended with a status class (see [`super::status_class`]).
+    /// Requests started with this [`method`] (request line seen once; retransmissions and body
+    /// bytes excluded). A flow's requests are the sum over its methods.
     #[inline(always)]
-    pub const fn responses(class: u16) -> u16 {
-        1 + class
+    pub const fn requests(method: u16) -> u16 {
+        method
+    }
+
+    /// The first response counter.
+    const RESPONSES: u16 = 16;
+    /// Response counters per method.
+    const PER_METHOD: u16 = 8;
+
+    /// Exchanges of requests with this [`method`] ended with a [`status_class`].
+    #[inline(always)]
+    pub const fn responses(method: u16, class: u16) -> u16 {
+        RESPONSES + method * PER_METHOD + class
+    }
+
+    /// The method of a request counter, or `None`.
+    pub const fn method_of(counter: u16) -> Option<u16> {
+        if counter >= 1 && counter < method::COUNT {
+            Some(counter)
+        } else {
+            None
+        }
+    }
+
+    /// The (method, status class) of a response counter, or `None`.
+    pub const fn response_of(counter: u16) -> Option<(u16, u16)> {
+        if counter < RESPONSES || counter >= RESPONSES + method::COUNT * PER_METHOD {
+            return None;
+        }
+        let (method, class) = (
+            (counter - RESPONSES) / PER_METHOD,
+            (counter - RESPONSES) % PER_METHOD,
+        );
+        if class < status_class::COUNT as u16 {
+            Some((method, class))
+        } else {
+            None
+        }
+    }
+}
+
+/// The log-linear buckets of the kernel's latency histogram ([`names::LATENCY`]): 64 linear
+/// buckets per power of two from 2^10 ns (about 1 µs) to 2^37 ns (about 137 s). A bucket's
+/// midpoint is within 0.78 % of every duration in it; shorter and longer durations fall into the
+/// first and last bucket.
+pub mod latency {
+    /// log2 of the buckets per power of two.
+    pub const SUB_BITS: u32 = 6;
+    /// The first bucket starts at 2^FIRST_OCTAVE ns.
+    pub const FIRST_OCTAVE: u32 = 10;
+    /// Powers of two covered.
+    pub const OCTAVES: u32 = 27;
+    /// Number of buckets.
+    pub const BUCKETS: u16 = (OCTAVES << SUB_BITS) as u16;
+
+    /// The bucket of a duration in nanoseconds.
+    #[inline(always)]
+    pub const fn bucket(ns: u64) -> u16 {
+        if ns < (1 << FIRST_OCTAVE) {
+            return 0;
+        }
+        let msb = 63 - ns.leading_zeros();
+        let octave = msb - FIRST_OCTAVE;
+        if octave >= OCTAVES {
+            return BUCKETS - 1;
+        }
+        let sub = (ns >> (msb - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+        ((octave << SUB_BITS) as u64 | sub) as u16
+    }
+
+    /// The lower and upper bound of a bucket, in nanoseconds.
+    pub const fn bounds(bucket: u16) -> (u64, u64) {
+        let octave = (bucket as u32) >> SUB_BITS;
+        let sub = (bucket as u64) & ((1 << SUB_BITS) - 1);
+        let base = 1u64 << (FIRST_OCTAVE + octave);
+        let width = base >> SUB_BITS;
+        (base + sub * width, base + (sub + 1) * width)
     }
 }
 
@@ -131,6 +237,10 @@ pub mod connection_flag {
     pub const REQ_SEQ: u32 = 1;
     /// `resp_seq` holds the sequence number of the last response start.
     pub const RESP_SEQ: u32 = 2;
+    /// `req_edge` is valid.
+    pub const REQ_EDGE: u32 = 8;
+    /// `resp_edge` is valid.
+    pub const RESP_EDGE: u32 = 16;
     /// Response-direction data that is not an interim response arrived while awaiting a
     /// response: the server answered, even if its status line was not recognised.
     pub const RESPONSE_DATA: u32 = 4;
@@ -143,20 +253,31 @@ pub mod connection_flag {
 pub struct Connection {
     /// cgroup of the socket, set at the first request (sock_ops does not know it).
     pub cgroup_id: u64,
+    /// When the request in progress started (`bpf_ktime_get_ns()`, CLOCK_MONOTONIC), while
+    /// `AWAITING_RESPONSE`.
+    pub req_ts: u64,
     /// [`role`] of the socket.
     pub role: u32,
     /// [`phase`] of the current exchange.
     pub phase: u32,
     /// [`peer`] class, set with `cgroup_id`.
     pub peer: u16,
-    /// Always 0: makes the padding before `flags` explicit.
-    pub _reserved: u16,
+    /// [`method`] of the request in progress.
+    pub method: u16,
     /// [`connection_flag`] bits.
     pub flags: u32,
     /// Sequence number of the last counted request start (valid with `REQ_SEQ`).
     pub req_seq: u32,
     /// Sequence number of the last response start (valid with `RESP_SEQ`).
     pub resp_seq: u32,
+    /// Sequence number after the furthest request-direction byte seen (valid with `REQ_EDGE`).
+    pub req_edge: u32,
+    /// Sequence number after the furthest response-direction byte seen (valid with `RESP_EDGE`).
+    pub resp_edge: u32,
+    /// Request-direction payload bytes not yet added to the flow's totals.
+    pub req_bytes: u32,
+    /// Response-direction payload bytes not yet added to the flow's totals.
+    pub resp_bytes: u32,
 }
 
 impl Connection {
@@ -165,13 +286,18 @@ impl Connection {
     pub const fn new(role: u32) -> Self {
         Self {
             cgroup_id: 0,
+            req_ts: 0,
             role,
             phase: phase::IDLE,
             peer: peer::REMOTE,
-            _reserved: 0,
+            method: 0,
             flags: 0,
             req_seq: 0,
             resp_seq: 0,
+            req_edge: 0,
+            resp_edge: 0,
+            req_bytes: 0,
+            resp_bytes: 0,
         }
     }
 
@@ -185,6 +311,39 @@ impl Connection {
             counter,
         }
     }
+}
+
+/// Added to every timestamp summed into [`FlowSums`]: the sums then tell a torn read (one field
+/// copied before a program's update and the next after it) by an error of at least 2^62 ns, far
+/// beyond any real integral, and a consistent read cancels it exactly.
+pub const TIMESTAMP_OFFSET: u64 = 1 << 62;
+
+/// What the kernel adds up per (cgroup, role, peer) ([`names::FLOWS`], keyed by a [`CountKey`]
+/// whose `counter` is 0), per CPU. All sums wrap: only differences between reads mean anything.
+///
+/// The time-integral of requests in flight up to `t` is
+/// `(started - ended) * t - start_ns + end_ns` (wrapping, summed over CPUs, `t` offset by
+/// [`TIMESTAMP_OFFSET`] like the sums): exact whatever the ring buffer drops, so the average
+/// concurrency over any span is the difference of two reads divided by the span.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSums {
+    /// Requests started.
+    pub started: u64,
+    /// Sum of their start times, each plus [`TIMESTAMP_OFFSET`].
+    pub start_ns: u64,
+    /// Exchanges ended (a final response, or the connection closed or reused without one).
+    pub ended: u64,
+    /// Sum of their end times, each plus [`TIMESTAMP_OFFSET`].
+    pub end_ns: u64,
+    /// Exchanges that ended with a response: those in the latency histogram.
+    pub responded: u64,
+    /// Sum of their latencies (the histogram's sum).
+    pub latency_ns: u64,
+    /// Request-direction payload bytes, each byte once.
+    pub request_bytes: u64,
+    /// Response-direction payload bytes, each byte once.
+    pub response_bytes: u64,
 }
 
 /// Indexes into the agent's per-CPU `STATS` array: what the kernel side did and what it lost.
@@ -213,8 +372,12 @@ pub mod stat {
     /// Requests that arrived on a listening socket: their segment also completed the handshake
     /// (its final ACK was lost), so the kernel filtered it before the connection existed.
     pub const LISTENER_REQUESTS: u32 = 10;
+    /// Flow-sum updates that failed because the flow map was full.
+    pub const FLOW_MAP_FULL: u32 = 11;
+    /// Latency-histogram updates that failed because the histogram map was full.
+    pub const LATENCY_MAP_FULL: u32 = 12;
     /// Number of slots.
-    pub const SLOTS: u32 = 11;
+    pub const SLOTS: u32 = 13;
 }
 
 /// Names of the kernel maps and programs, shared so both sides spell them the same. The kernel
@@ -225,6 +388,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
     pub const PENDING: &str = "PENDING";
+    pub const FLOWS: &str = "FLOWS";
+    pub const LATENCY: &str = "LATENCY";
+    /// The global that turns per-request events on (1) or off (0, the default).
+    pub const EVENTS_ON: &str = "EVENTS_ON";
     pub const INGRESS: &str = "podmeter_ingress";
     pub const EGRESS: &str = "podmeter_egress";
     pub const SOCK_OPS: &str = "podmeter_sock_ops";
@@ -236,11 +403,13 @@ mod user {
     unsafe impl aya::Pod for super::CountKey {}
     unsafe impl aya::Pod for super::HttpEvent {}
     unsafe impl aya::Pod for super::Connection {}
+    unsafe impl aya::Pod for super::FlowSums {}
 }
 
 // No implicit padding: each size is the sum of its fields' sizes.
 const _: () = {
     assert!(size_of::<CountKey>() == 8 + 4 + 2 + 2);
     assert!(size_of::<HttpEvent>() == 3 * 8 + 5 * 4 + 2 * 2 + HEAD_LEN);
-    assert!(size_of::<Connection>() == 8 + 5 * 4 + 2 * 2);
+    assert!(size_of::<Connection>() == 2 * 8 + 9 * 4 + 2 * 2);
+    assert!(size_of::<FlowSums>() == 8 * 8);
 };

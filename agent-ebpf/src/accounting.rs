@@ -1,4 +1,5 @@
-//! Writing what was seen: exact counters, self-statistics, and ring buffer events.
+//! Writing what was seen: exact counters, the flows' sums and latency histogram, self-statistics,
+//! and (when turned on) ring buffer events.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -7,12 +8,24 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
     programs::SkBuffContext,
 };
-use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, stat};
+use podmeter_common::{CountKey, FlowSums, HEAD_LEN, HttpEvent, TIMESTAMP_OFFSET, latency, stat};
 
 use crate::{
     http::PREFIX,
-    maps::{COUNTS, EVENTS, STATS},
+    maps::{COUNTS, EVENTS, FLOWS, LATENCY, STATS},
 };
+
+/// Whether per-request events are written (1) or not (0): set by the agent at load (route labels
+/// need them); nothing else depends on them. In read-only data, so the verifier drops the event
+/// path from the program when it is 0.
+#[unsafe(no_mangle)]
+static EVENTS_ON: u32 = 0;
+
+#[inline(always)]
+fn events_on() -> bool {
+    // SAFETY: reading a plain global; volatile so the compiler keeps the load the loader patches.
+    unsafe { core::ptr::read_volatile(&raw const EVENTS_ON) != 0 }
+}
 
 /// The reader is woken once per this many bytes of unread events; it also drains on a short
 /// timer, so one wake-up serves hundreds of events instead of one each.
@@ -20,13 +33,20 @@ const WAKEUP_BYTES: u64 = 64 * 1024;
 /// What one event takes in the ring: the record and its 8-byte header, rounded up to 8 bytes.
 const RECORD_BYTES: u64 = (size_of::<HttpEvent>() as u64 + 8).next_multiple_of(8);
 
-/// Adds one in place. The add is atomic because a softirq (ingress) can interrupt a program
-/// running in process context (egress) on the same CPU and touch the same per-CPU slot.
+/// Adds one in place.
 #[inline(always)]
 fn add(slot: *mut u64) {
+    add_n(slot, 1);
+}
+
+/// Adds `n` in place. The add is atomic because a softirq (ingress) can interrupt a program
+/// running in process context (egress) on the same CPU and touch the same per-CPU slot, and
+/// because the latency histogram is shared by all CPUs. Wraps on overflow.
+#[inline(always)]
+fn add_n(slot: *mut u64, n: u64) {
     // core's AtomicU64 has no fetch_add on the BPF target; the intrinsic lowers to BPF's atomic add.
     // SAFETY: `slot` points into a live map value, 8-byte aligned.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
 }
 
 /// Increments one self-statistic.
@@ -49,6 +69,108 @@ pub fn count(key: &CountKey) {
     match COUNTS.get_ptr_mut(key) {
         Some(slot) => add(slot),
         None if inserted.is_err() => bump(stat::COUNTER_MAP_FULL),
+        None => {}
+    }
+}
+
+/// The sums of the flow `key` names (its `counter` is 0), created at first use; `None` when the
+/// map is full (counted).
+#[inline(always)]
+fn flow_sums(key: &CountKey) -> Option<*mut FlowSums> {
+    if let Some(sums) = FLOWS.get_ptr_mut(key) {
+        return Some(sums);
+    }
+    // Another CPU may insert the same key first: then the lookup below finds its entry.
+    let inserted = FLOWS.insert(key, &FlowSums::default(), u64::from(BPF_NOEXIST));
+    let sums = FLOWS.get_ptr_mut(key);
+    if sums.is_none() && inserted.is_err() {
+        bump(stat::FLOW_MAP_FULL);
+    }
+    sums
+}
+
+/// Payload bytes of a connection not yet in its flow's sums.
+pub struct Bytes {
+    pub request: u32,
+    pub response: u32,
+}
+
+/// A request started at `ts` on the flow `key`; adds the connection's pending `bytes` too.
+#[inline(always)]
+pub fn flow_started(key: &CountKey, ts: u64, bytes: Bytes) {
+    let Some(sums) = flow_sums(key) else {
+        return;
+    };
+    // SAFETY: `sums` points into a live map value; fields are 8-byte aligned. The sum is written
+    // before the count: a read between the two is torn, and TIMESTAMP_OFFSET makes that visible.
+    unsafe {
+        add_n(&raw mut (*sums).start_ns, ts.wrapping_add(TIMESTAMP_OFFSET));
+        add(&raw mut (*sums).started);
+        add_bytes(sums, bytes);
+    }
+}
+
+/// An exchange of the flow `key` ended at `ts`; `latency` is `Some` when it ended with a response
+/// (it then enters the histogram); adds the connection's pending `bytes` too.
+#[inline(always)]
+pub fn flow_ended(key: &CountKey, ts: u64, latency: Option<u64>, bytes: Bytes) {
+    if let Some(sums) = flow_sums(key) {
+        // SAFETY: as in `flow_started`.
+        unsafe {
+            add_n(&raw mut (*sums).end_ns, ts.wrapping_add(TIMESTAMP_OFFSET));
+            add(&raw mut (*sums).ended);
+            if let Some(ns) = latency {
+                add_n(&raw mut (*sums).latency_ns, ns);
+                add(&raw mut (*sums).responded);
+            }
+            add_bytes(sums, bytes);
+        }
+    }
+    if let Some(ns) = latency {
+        observe_latency(key, ns);
+    }
+}
+
+/// Adds a connection's pending bytes to its flow's sums (outside an exchange's start or end: a
+/// long transfer's bytes are added before they reach 4 GiB).
+#[inline(always)]
+pub fn flow_bytes(key: &CountKey, bytes: Bytes) {
+    if let Some(sums) = flow_sums(key) {
+        // SAFETY: as in `flow_started`.
+        unsafe { add_bytes(sums, bytes) };
+    }
+}
+
+/// # Safety
+/// `sums` points into a live map value.
+#[inline(always)]
+unsafe fn add_bytes(sums: *mut FlowSums, bytes: Bytes) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        if bytes.request != 0 {
+            add_n(&raw mut (*sums).request_bytes, u64::from(bytes.request));
+        }
+        if bytes.response != 0 {
+            add_n(&raw mut (*sums).response_bytes, u64::from(bytes.response));
+        }
+    }
+}
+
+/// Counts one exchange's latency in the flow's histogram bucket.
+#[inline(always)]
+fn observe_latency(key: &CountKey, ns: u64) {
+    let bucket_key = CountKey {
+        counter: latency::bucket(ns),
+        ..*key
+    };
+    if let Some(slot) = LATENCY.get_ptr_mut(&bucket_key) {
+        add(slot);
+        return;
+    }
+    let inserted = LATENCY.insert(&bucket_key, &0, u64::from(BPF_NOEXIST));
+    match LATENCY.get_ptr_mut(&bucket_key) {
+        Some(slot) => add(slot),
+        None if inserted.is_err() => bump(stat::LATENCY_MAP_FULL),
         None => {}
     }
 }
@@ -92,11 +214,14 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The one place events are written: reserves an event, writes `header` and the request's
+/// The one place events are written, when they are on: reserves an event, writes `header` and the request's
 /// `head`, and submits it; counts it as dropped when the ring is full. Returns nothing: the
 /// counters, not the events, are the source of truth.
 #[inline(always)]
 pub fn emit(header: &Header, head: Head<'_>) {
+    if !events_on() {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
         bump(stat::EVENTS_DROPPED);
         return;

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use podmeter_common::{Connection, connection_flag as flag, event_kind, phase, role, stat};
 
 use crate::{
-    accounting::{Head, Header, bump, emit, now},
+    accounting::{Head, Header, bump, emit},
     http::PREFIX,
     maps::{CONNECTIONS, PENDING},
     packet::{AF_INET, AF_INET6, Segment},
@@ -39,7 +39,11 @@ pub struct Pending {
     pub cgroup_id: u64,
     pub req_seq: u32,
     pub peer: u16,
-    pub _reserved: u16,
+    pub method: u16,
+    /// Payload bytes of the parked segment.
+    pub len: u32,
+    /// What it acknowledges: the response's first sequence number.
+    pub ack: u32,
     pub prefix: [u8; PREFIX],
 }
 
@@ -58,10 +62,17 @@ pub fn on_listener(ctx: &SkBuffContext) -> bool {
     }
 }
 
-/// Parks a request seen on a listener. Returns false when the same request was parked already
-/// (a retransmission), so the caller does not count it again.
+/// Parks a request seen on a listener at `ts`. Returns false when the same request was parked
+/// already (a retransmission), so the caller does not count it again.
 #[inline(always)]
-pub fn park(seg: &Segment, prefix: &[u8; PREFIX], cgroup_id: u64, peer: u16) -> bool {
+pub fn park(
+    seg: &Segment,
+    prefix: &[u8; PREFIX],
+    cgroup_id: u64,
+    peer: u16,
+    method: u16,
+    ts: u64,
+) -> bool {
     let key = PendingKey {
         remote: seg.src,
         family: seg.family,
@@ -76,11 +87,13 @@ pub fn park(seg: &Segment, prefix: &[u8; PREFIX], cgroup_id: u64, peer: u16) -> 
         return false;
     }
     let pending = Pending {
-        ts_ns: now(),
+        ts_ns: ts,
         cgroup_id,
         req_seq: seg.seq,
         peer,
-        _reserved: 0,
+        method,
+        len: seg.payload_len,
+        ack: seg.ack,
         prefix: *prefix,
     };
     let _ = PENDING.insert(&key, &pending, u64::from(BPF_ANY));
@@ -136,15 +149,20 @@ pub fn adopt(ctx: &SockOpsContext, cookie: u64) -> bool {
         return false;
     };
     let _ = PENDING.remove(&key);
+    // The parked segment's bytes are the connection's first; later ones count from its end.
     let conn = Connection {
         cgroup_id: p.cgroup_id,
+        req_ts: p.ts_ns,
         role: role::SERVER,
         phase: phase::AWAITING_RESPONSE,
         peer: p.peer,
-        _reserved: 0,
-        flags: flag::REQ_SEQ,
+        method: p.method,
+        flags: flag::REQ_SEQ | flag::REQ_EDGE | flag::RESP_EDGE,
         req_seq: p.req_seq,
-        resp_seq: 0,
+        req_edge: p.req_seq.wrapping_add(p.len),
+        resp_edge: p.ack,
+        req_bytes: p.len,
+        ..Connection::new(role::SERVER)
     };
     if CONNECTIONS
         .insert(&cookie, &conn, u64::from(BPF_ANY))

@@ -4,6 +4,7 @@
 //! (and not a body that happens to look like one) is decided by the connection state machine.
 
 use aya_ebpf::programs::SkBuffContext;
+use podmeter_common::method;
 
 /// Bytes of a payload prefix the detector looks at.
 pub const PREFIX: usize = 16;
@@ -28,38 +29,46 @@ pub fn load_prefix(ctx: &SkBuffContext, off: u32, len: u32) -> Option<[u8; PREFI
     Some(out)
 }
 
-/// Does the payload start with a request line, `METHOD SP request-target`? Only the methods of
-/// RFC 9110 and PATCH count, so other text protocols never match.
+/// The [`method`] if the payload starts with a request line, `METHOD SP request-target`; 0
+/// otherwise. Only the methods of RFC 9110 and PATCH count, so other text protocols never match.
 #[inline(always)]
-pub fn is_request_start(p: &[u8; PREFIX], len: u32) -> bool {
-    let method_len: u32 = match (p[0], p[1], p[2], p[3]) {
-        (b'G', b'E', b'T', b' ') | (b'P', b'U', b'T', b' ') => 4,
-        (b'P', b'O', b'S', b'T') | (b'H', b'E', b'A', b'D') if p[4] == b' ' => 5,
-        (b'P', b'A', b'T', b'C') if p[4] == b'H' && p[5] == b' ' => 6,
-        (b'T', b'R', b'A', b'C') if p[4] == b'E' && p[5] == b' ' => 6,
-        (b'D', b'E', b'L', b'E') if p[4] == b'T' && p[5] == b'E' && p[6] == b' ' => 7,
+pub fn request_method(p: &[u8; PREFIX], len: u32) -> u16 {
+    let (id, method_len): (u16, u32) = match (p[0], p[1], p[2], p[3]) {
+        (b'G', b'E', b'T', b' ') => (method::GET, 4),
+        (b'P', b'U', b'T', b' ') => (method::PUT, 4),
+        (b'P', b'O', b'S', b'T') if p[4] == b' ' => (method::POST, 5),
+        (b'H', b'E', b'A', b'D') if p[4] == b' ' => (method::HEAD, 5),
+        (b'P', b'A', b'T', b'C') if p[4] == b'H' && p[5] == b' ' => (method::PATCH, 6),
+        (b'T', b'R', b'A', b'C') if p[4] == b'E' && p[5] == b' ' => (method::TRACE, 6),
+        (b'D', b'E', b'L', b'E') if p[4] == b'T' && p[5] == b'E' && p[6] == b' ' => {
+            (method::DELETE, 7)
+        }
         (b'O', b'P', b'T', b'I')
             if p[4] == b'O' && p[5] == b'N' && p[6] == b'S' && p[7] == b' ' =>
         {
-            8
+            (method::OPTIONS, 8)
         }
         (b'C', b'O', b'N', b'N')
             if p[4] == b'E' && p[5] == b'C' && p[6] == b'T' && p[7] == b' ' =>
         {
-            8
+            (method::CONNECT, 8)
         }
-        _ => return false,
+        _ => return 0,
     };
     if len <= method_len {
         // A method alone in a segment: accept, the request target follows in the next one.
-        return len == method_len;
+        return if len == method_len { id } else { 0 };
     }
     if method_len as usize >= PREFIX {
-        return true;
+        return id;
     }
     // origin-form "/", asterisk-form "*", absolute-form "http://", authority-form "host:port".
     let target = p[method_len as usize & (PREFIX - 1)];
-    target == b'/' || target == b'*' || target.is_ascii_alphanumeric()
+    if target == b'/' || target == b'*' || target.is_ascii_alphanumeric() {
+        id
+    } else {
+        0
+    }
 }
 
 /// The status code if the payload starts with `HTTP/1.x NNN` followed by a space or CR.

@@ -6,10 +6,11 @@
 //! `podmeter_common::names`, which userspace looks maps up by.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use podmeter_common::{Connection, CountKey, names, stat};
+use podmeter_common::{Connection, CountKey, FlowSums, names, stat};
 
 use crate::handshake::{Pending, PendingKey};
 
@@ -17,11 +18,21 @@ use crate::handshake::{Pending, PendingKey};
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(65_536, 0);
 
+/// Per (cgroup, role, peer) sums, per CPU: in-flight time-integral, latency sum, payload bytes.
+#[map]
+pub static FLOWS: PerCpuHashMap<CountKey, FlowSums> = PerCpuHashMap::with_max_entries(16_384, 0);
+
+/// Latency histogram: exchanges per (cgroup, role, peer, `latency::bucket`), shared by all CPUs
+/// (atomic adds) and allocated as buckets are used: a flow uses a few dozen of the 1,728.
+#[map]
+pub static LATENCY: HashMap<CountKey, u64> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
 /// Per-connection HTTP state, keyed by socket cookie; least recently used entries are evicted.
 #[map]
 pub static CONNECTIONS: LruHashMap<u64, Connection> = LruHashMap::with_max_entries(131_072, 0);
 
-/// Per-request events for pairing and latency; lossy by design, losses are counted.
+/// Per-request events for route labels (off unless asked for); lossy by design, losses are
+/// counted.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
@@ -38,6 +49,8 @@ shared_name!(CONNECTIONS, names::CONNECTIONS);
 shared_name!(EVENTS, names::EVENTS);
 shared_name!(STATS, names::STATS);
 shared_name!(PENDING, names::PENDING);
+shared_name!(FLOWS, names::FLOWS);
+shared_name!(LATENCY, names::LATENCY);
 
 /// Checks at compile time that the map or program `$item`, whose ELF name is its Rust name, is
 /// named `$shared`, the name userspace looks it up by. Naming `$item` makes a rename fail here.

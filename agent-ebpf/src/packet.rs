@@ -15,6 +15,8 @@ pub struct Segment {
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
+    /// The acknowledgement number: the next sequence number expected from the other end.
+    pub ack: u32,
     pub payload_off: u32,
     pub payload_len: u32,
 }
@@ -48,6 +50,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         src_port: 0,
         dst_port: 0,
         seq: 0,
+        ack: 0,
         payload_off: 0,
         payload_len: 0,
     };
@@ -86,6 +89,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
     seg.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     seg.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    seg.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     let doff = u32::from(tcp[12] >> 4) * 4;
     seg.payload_off = l4 + doff;
     let len = ctx.len();

@@ -4,6 +4,11 @@
 //! request start counts only when `IDLE` and not a retransmission, so body bytes that look like
 //! `GET / HTTP/1.1` never count. A final response (status >= 200) returns to `IDLE`; interim 1xx
 //! responses do not. `101 Switching Protocols` ends HTTP/1.x parsing on that connection.
+//!
+//! The kernel pairs each request with its response itself: the connection keeps the request's
+//! start time, and the end of the exchange adds its latency to the flow's histogram and sums and
+//! its end to the in-flight integral (`accounting`). Payload bytes are counted per direction by
+//! sequence number, each byte once, from a connection's first request on.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -17,12 +22,18 @@ use podmeter_common::{
 };
 
 use crate::{
-    accounting::{Head, Header, bump, count, emit, now},
+    accounting::{
+        Bytes, Head, Header, bump, count, emit, flow_bytes, flow_ended, flow_started, now,
+    },
     handshake,
     http::{self, CONTINUE_LEN, PREFIX},
     maps::CONNECTIONS,
     packet::{self, Segment},
 };
+
+/// Pending bytes of one direction are added to the flow's sums once past this, not only at the
+/// exchange's start and end: a long transfer shows in the byte rate as it goes.
+const BYTES_FLUSH: u32 = 1 << 20;
 
 /// Is `seq` at or before `last` (modulo 2^32)? Then the segment was seen already.
 #[inline(always)]
@@ -46,15 +57,29 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
         return;
     }
     if ingress && handshake::on_listener(ctx) {
-        if http::is_request_start(&prefix, seg.payload_len) {
+        let method = http::request_method(&prefix, seg.payload_len);
+        if method != 0 {
             let (cgroup_id, conn_peer) = socket_cgroup_and_peer(skb, &seg);
-            if handshake::park(&seg, &prefix, cgroup_id, conn_peer) {
-                count(&CountKey {
+            let ts = now();
+            if handshake::park(&seg, &prefix, cgroup_id, conn_peer, method, ts) {
+                let key = CountKey {
                     cgroup_id,
                     role: role::SERVER,
                     peer: conn_peer,
-                    counter: counter::REQUESTS,
+                    counter: 0,
+                };
+                count(&CountKey {
+                    counter: counter::requests(method),
+                    ..key
                 });
+                flow_started(
+                    &key,
+                    ts,
+                    Bytes {
+                        request: 0,
+                        response: 0,
+                    },
+                );
             }
         }
         return;
@@ -64,7 +89,7 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
         None => {
             // Opened before the agent started, or evicted: the direction of the first request
             // tells the role (a request is received by servers and sent by clients).
-            if !http::is_request_start(&prefix, seg.payload_len) {
+            if http::request_method(&prefix, seg.payload_len) == 0 {
                 return;
             }
             let conn_role = if ingress { role::SERVER } else { role::CLIENT };
@@ -89,11 +114,88 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
         return;
     }
     let request_direction = (conn.role == role::SERVER) == ingress;
+    let counting = conn.flags & flag::REQ_SEQ != 0;
     if request_direction {
         on_request_direction(ctx, skb, &seg, &prefix, conn, cookie);
     } else {
         on_response_direction(ctx, &seg, &prefix, conn, cookie);
     }
+    if !counting && conn.flags & flag::REQ_SEQ != 0 {
+        first_bytes(conn, &seg);
+    } else {
+        count_bytes(conn, &seg, request_direction, counting);
+    }
+}
+
+/// Moves the furthest byte seen in the segment's direction; when `counting` (from the
+/// connection's first request on), adds the bytes not seen before to the pending ones.
+/// Retransmitted bytes add nothing; a segment past a gap counts the gap too: its bytes crossed,
+/// and when they are seen (reordered or retransmitted) they add nothing.
+#[inline(always)]
+fn count_bytes(conn: &mut Connection, seg: &Segment, request_direction: bool, counting: bool) {
+    let end = seg.seq.wrapping_add(seg.payload_len);
+    let (edge, pending, valid) = if request_direction {
+        (&mut conn.req_edge, &mut conn.req_bytes, flag::REQ_EDGE)
+    } else {
+        (&mut conn.resp_edge, &mut conn.resp_bytes, flag::RESP_EDGE)
+    };
+    let new = if conn.flags & valid == 0 {
+        seg.payload_len
+    } else {
+        let ahead = end.wrapping_sub(*edge) as i32;
+        if ahead <= 0 {
+            return;
+        }
+        ahead as u32
+    };
+    conn.flags |= valid;
+    *edge = end;
+    if !counting {
+        return;
+    }
+    *pending = pending.saturating_add(new);
+    if *pending >= BYTES_FLUSH {
+        flow_bytes(&conn.count_key(0), take_bytes(conn));
+    }
+}
+
+/// The segment that started the connection's first request: bytes count from its start, up to
+/// the furthest request byte seen (a later segment may have arrived first), and the response's
+/// from the sequence number the segment acknowledges (the response's first byte), so that a
+/// response segment arriving before the one ahead of it counts the gap too.
+#[inline(always)]
+fn first_bytes(conn: &mut Connection, seg: &Segment) {
+    let end = seg.seq.wrapping_add(seg.payload_len);
+    let furthest =
+        if conn.flags & flag::REQ_EDGE != 0 && (conn.req_edge.wrapping_sub(end) as i32) > 0 {
+            conn.req_edge
+        } else {
+            end
+        };
+    conn.req_bytes = conn
+        .req_bytes
+        .saturating_add(furthest.wrapping_sub(seg.seq));
+    conn.req_edge = furthest;
+    if conn.flags & flag::RESP_EDGE != 0 && (conn.resp_edge.wrapping_sub(seg.ack) as i32) > 0 {
+        conn.resp_bytes = conn
+            .resp_bytes
+            .saturating_add(conn.resp_edge.wrapping_sub(seg.ack));
+    } else {
+        conn.resp_edge = seg.ack;
+    }
+    conn.flags |= flag::REQ_EDGE | flag::RESP_EDGE;
+}
+
+/// The connection's pending bytes, now handed over.
+#[inline(always)]
+fn take_bytes(conn: &mut Connection) -> Bytes {
+    let bytes = Bytes {
+        request: conn.req_bytes,
+        response: conn.resp_bytes,
+    };
+    conn.req_bytes = 0;
+    conn.resp_bytes = 0;
+    bytes
 }
 
 /// The socket's cgroup, and whether the packet crossed the loopback device (the peer is in the
@@ -119,7 +221,8 @@ fn on_request_direction(
     conn: &mut Connection,
     cookie: u64,
 ) {
-    if !http::is_request_start(prefix, seg.payload_len) {
+    let method = http::request_method(prefix, seg.payload_len);
+    if method == 0 {
         return;
     }
     if already_seen(conn.flags & flag::REQ_SEQ != 0, conn.req_seq, seg.seq) {
@@ -137,10 +240,14 @@ fn on_request_direction(
         bump(stat::RESPONSES_UNRECOGNISED);
     }
     (conn.cgroup_id, conn.peer) = socket_cgroup_and_peer(skb, seg);
+    let ts = now();
     conn.phase = phase::AWAITING_RESPONSE;
     conn.req_seq = seg.seq;
+    conn.req_ts = ts;
+    conn.method = method;
     conn.flags = (conn.flags | flag::REQ_SEQ) & !flag::RESPONSE_DATA;
-    count(&conn.count_key(counter::REQUESTS));
+    count(&conn.count_key(counter::requests(method)));
+    flow_started(&conn.count_key(0), ts, take_bytes(conn));
     let head = Head::Payload {
         ctx,
         off: seg.payload_off,
@@ -193,11 +300,15 @@ fn on_response_direction(
     end_exchange(conn, cookie, status_class::of(status), status);
 }
 
-/// Counts the end of the current exchange with `slot` and reports it.
+/// Counts the end of the current exchange, by a response of `class`, and reports it.
 #[inline(always)]
 fn end_exchange(conn: &mut Connection, cookie: u64, class: u16, status: u32) {
     conn.phase = phase::IDLE;
-    count(&conn.count_key(counter::responses(class)));
+    count(&conn.count_key(counter::responses(conn.method, class)));
+    let ts = now();
+    // An unrecognised response (status 0) ended the exchange, but when it started is unknown.
+    let latency = (status != 0).then(|| ts.saturating_sub(conn.req_ts));
+    flow_ended(&conn.count_key(0), ts, latency, take_bytes(conn));
     emit(
         &header(conn, cookie, event_kind::RESPONSE, class, status),
         Head::None,
@@ -218,11 +329,14 @@ pub fn on_close(cookie: u64) {
         } else {
             status_class::NONE
         };
-        count(&conn.count_key(counter::responses(class)));
+        count(&conn.count_key(counter::responses(conn.method, class)));
+        flow_ended(&conn.count_key(0), now(), None, take_bytes(conn));
         emit(
             &header(conn, cookie, event_kind::CLOSED_WITHOUT_RESPONSE, class, 0),
             Head::None,
         );
+    } else if conn.flags & flag::REQ_SEQ != 0 && (conn.req_bytes | conn.resp_bytes) != 0 {
+        flow_bytes(&conn.count_key(0), take_bytes(conn));
     }
     let _ = CONNECTIONS.remove(&cookie);
     bump(stat::CONNECTIONS_CLOSED);

@@ -19,7 +19,7 @@ use podmeter_agent::{
         by_pod, decode,
     },
 };
-use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, counter, event_kind, peer, role};
+use podmeter_common::{CountKey, HEAD_LEN, HttpEvent, counter, event_kind, method, peer, role};
 use prometheus_client::registry::Registry;
 
 /// Ring records per iteration: a few drains' worth at high load.
@@ -162,7 +162,7 @@ fn drain(
         drain.add(record, flows);
     }
     let drained = drain.finish(|cgroup_id| pods.get(&cgroup_id).cloned().flatten());
-    drained.book(Instant::now(), flows, &mut shared.lock());
+    drained.book(flows, &mut shared.lock());
     drained.booked.len()
 }
 
@@ -228,7 +228,10 @@ fn counter_read(c: &mut Criterion) {
                 let mut current = Vec::new();
                 for pod in 0..PODS {
                     for socket_role in [role::SERVER, role::CLIENT] {
-                        for kind in [counter::REQUESTS, counter::responses(2)] {
+                        for kind in [
+                            counter::requests(method::GET),
+                            counter::responses(method::GET, 2),
+                        ] {
                             current.push((
                                 CountKey {
                                     cgroup_id: FIRST_CGROUP + pod,
@@ -247,7 +250,7 @@ fn counter_read(c: &mut Criterion) {
                 let booked = by_pod(deltas.update(&current), |cgroup_id| {
                     pods.get(&cgroup_id).cloned().flatten()
                 });
-                shared.lock().book_counts(now, &booked);
+                shared.lock().book_counts(now, &booked, &[]);
             },
             BatchSize::SmallInput,
         );

@@ -46,6 +46,8 @@ pub fn kernel_reply(stats: &KernelStats) -> KernelReply {
         responses_unrecognised: stats.get(stat::RESPONSES_UNRECOGNISED),
         connections_upgraded: stats.get(stat::CONNECTIONS_UPGRADED),
         listener_requests: stats.get(stat::LISTENER_REQUESTS),
+        flow_map_full: stats.get(stat::FLOW_MAP_FULL),
+        latency_map_full: stats.get(stat::LATENCY_MAP_FULL),
     }
 }
 

@@ -2,34 +2,37 @@
 //! per-pod rates, latency and health. The modules follow the data as it flows:
 //!
 //! ```text
-//!  kernel          cgroup_skb + sock_ops programs; exact per-(cgroup, role, peer) counters,
-//!    │             per-request events in a ring buffer              (agent-ebpf, agent-common)
-//!    ├─ counters ───────────────────────────────────────────────┐
-//!    └─ ring buffer ─► events ─► connections                    │
-//!                      decode    request/response pairing       │
+//!  kernel          cgroup_skb + sock_ops programs pair requests with responses; exact
+//!    │             per-(cgroup, role, peer) counters, in-flight integral, latency histogram
+//!    │             and bytes; events only for route labels          (agent-ebpf, agent-common)
+//!    ├─ aggregates ─────────────────────────────────────────────┐
+//!    └─ ring buffer ─► events ─► connections (route labels)     │
+//!                      decode    pairing for the request line   │
 //!                                    │                          │
 //!                                    ▼                          ▼
 //!                      identity: which pod a cgroup is ─► attribution: the count-once rule
 //!                                                               │   (flow of a socket, pod)
 //!                                                               ▼
-//!                                         books: one book per pod (totals, rates, durations,
-//!                                                routes, series)
+//!                                         books: one book per pod (totals, rates, bytes,
+//!                                                concurrency, durations, routes, series)
 //!                                                               │
 //!                                                               ▼
 //!                                         exporters: /v1/pods, /v1/agent, /metrics
 //! ```
 //!
 //! - `kernel` loads and attaches the programs, checks privileges and cgroup2, reads the exact
-//!   counters, the ring buffer's fill and the connection table, and pins them in bpffs for the
-//!   next agent to take over (`pins.rs`);
-//! - `events` decodes ring buffer records and drains the ring;
-//! - `connections` pairs each request with its response on its connection;
+//!   counters, flow sums and latency histogram, the ring buffer's fill and the connection table,
+//!   and pins them in bpffs for the next agent to take over (`pins.rs`);
+//! - `events` decodes ring buffer records and drains the ring (on only with route labels);
+//! - `connections` pairs each request event with its response event, for the request line's
+//!   route and the status code;
 //! - `identity` says which pod a cgroup is (Kubernetes API, identity file or directory names);
 //! - `attribution` holds the rule that makes each request count once, and books counts and
 //!   exchanges to pods;
 //! - `books` keeps what is known per pod: exact totals, windowed rates and durations, routes;
 //! - `exporters` serve them: the agent API, its authentication and the Prometheus families;
-//! - `run.rs` wires it all and [`run`]s until told to stop.
+//! - `run.rs` wires it all and [`run`]s until told to stop; at exit `uninstall_check.rs` tells
+//!   whether the agent's DaemonSet is gone, and so whether to remove the pins.
 
 mod attribution;
 mod books;
@@ -42,6 +45,7 @@ mod health;
 mod identity;
 mod kernel;
 mod run;
+mod uninstall_check;
 
 pub use books::{rates::RateWindow, routes::DEFAULT_CAP as DEFAULT_ROUTE_CAP};
 pub use error::Error;

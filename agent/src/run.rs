@@ -16,12 +16,14 @@ use podmeter_common::{CountKey, names};
 use prometheus_client::registry::Registry;
 
 type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
+type FlowsMap = aya::maps::PerCpuHashMap<MapData, CountKey, podmeter_common::FlowSums>;
+type LatencyMap = aya::maps::HashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use crate::books::node::{NodeState, Shared};
 use crate::{
-    Error,
+    Error, attribution,
     books::Books,
     books::rates::RateWindow,
     books::routes,
@@ -37,10 +39,13 @@ use crate::{
     },
     kernel::connection_table,
     kernel::counters::{self, Deltas},
+    kernel::flow_sums::{self, FlowDeltas},
+    kernel::latency_histogram::{self, HistogramDeltas},
     kernel::pins,
     kernel::preflight,
     kernel::programs::{MapSizes, Probes},
     kernel::ring_fill::RingFill,
+    uninstall_check::{PodRef, UninstallCheck, Verdict},
 };
 
 /// What the `podmeter_attach_info` metric and `/v1/agent` say about how the programs attach.
@@ -80,6 +85,11 @@ pub struct Config {
     /// bpffs directory where the programs and counters are pinned so that they outlive the agent
     /// and the next one takes them over (see [`crate::kernel::pins`]); `None` detaches at exit.
     pub bpffs_dir: Option<PathBuf>,
+    /// The agent's own Pod (the downward API's `POD_NAME` and `POD_NAMESPACE`). With
+    /// `bpffs_dir` and the Kubernetes identity, an exit after the Pod's DaemonSet is gone is an
+    /// uninstall and removes the pins (see [`crate::uninstall_check`]).
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
 }
 
 impl Default for Config {
@@ -111,6 +121,9 @@ impl Default for Config {
             api_auth: crate::exporters::api_auth::ApiAuth::None,
             // Opt-in: without it nothing outlives the agent.
             bpffs_dir: None,
+            // Only a DaemonSet's pod has them, from the downward API.
+            pod_name: None,
+            pod_namespace: None,
         }
     }
 }
@@ -161,18 +174,31 @@ pub async fn run(
         info!(cgroup = %root.display(), "the cgroup root given is a hybrid host's mount: observing its cgroup2 tree");
     }
     let identity = identity(&config, &root).await?;
+    let uninstall_check = uninstall_check(&config).await;
 
-    let (probes, mut checkpoint, history) = match &config.bpffs_dir {
+    // Route labels need the request lines the events carry; nothing else needs events.
+    let sizes = MapSizes {
+        events: config.route_labels,
+        ..config.map_sizes.clone()
+    };
+    let (probes, mut checkpoint, history, pin_dir) = match &config.bpffs_dir {
         Some(bpffs) => {
             let dir = pins::dir_of(bpffs, &root)?;
-            let pinned = pins::attach(&root, &config.map_sizes, &dir)?;
-            (pinned.probes, Some(pinned.checkpoint), pinned.history)
+            let pinned = pins::attach(&root, &sizes, &dir)?;
+            (
+                pinned.probes,
+                Some(pinned.checkpoint),
+                pinned.history,
+                Some(dir),
+            )
         }
-        None => (Probes::attach(&root, &config.map_sizes)?, None, None),
+        None => (Probes::attach(&root, &sizes)?, None, None, None),
     };
     let Probes {
         programs,
         mut counts,
+        flows: mut flow_sums,
+        mut latency,
         stats,
         events,
     } = probes;
@@ -230,6 +256,11 @@ pub async fn run(
         cache: FastMap::default(),
     };
     let mut deltas = Deltas::default();
+    let mut kernel_sums = KernelSums::default();
+    if history.is_some() {
+        // The pinned sums and histogram hold what the previous agent saw: start from them.
+        kernel_sums.prime(&flow_sums, &latency)?;
+    }
     if let Some(history) = &history {
         // What the previous agent booked goes into the totals (the Prometheus counters continue)
         // but not into the rates, which it would spike.
@@ -277,6 +308,9 @@ pub async fn run(
     // events can wait.
     let mut drain = tokio::time::interval(Duration::from_millis(100));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The latency windows move by whole seconds: one histogram read per second is enough.
+    let mut histogram = tokio::time::interval(Duration::from_secs(1));
+    histogram.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(shutdown);
 
@@ -284,8 +318,13 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = poll.tick() => {
-                if let Err(e) = book_counts(&counts, &stats, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared) {
+                if let Err(e) = book_counts(&counts, &flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
+                }
+            }
+            _ = histogram.tick() => {
+                if let Err(e) = book_latency(&latency, &mut kernel_sums, &mut resolver, &shared) {
+                    warn!(error = %e, "reading the kernel's latency histogram failed");
                 }
             }
             guard = ring.readable_mut() => {
@@ -300,9 +339,13 @@ pub async fn run(
             }
             _ = sweep.tick() => {
                 // Book what is left before forgetting anything.
-                if let Err(e) = book_counts(&counts, &stats, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared) {
+                if let Err(e) = book_counts(&counts, &flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
+                if let Err(e) = book_latency(&latency, &mut kernel_sums, &mut resolver, &shared) {
+                    warn!(error = %e, "reading the kernel's latency histogram failed");
+                }
+                kernel_sums.sweep(&mut flow_sums, &mut latency, &mut resolver);
                 sweep_dead_cgroups(&mut counts, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared, config.pod_grace);
                 count_connections(&programs, &config.map_sizes, &shared);
             }
@@ -310,22 +353,24 @@ pub async fn run(
     }
 
     // Final read so the last requests are booked (and checkpointed), then detach by dropping the
-    // programs; pinned links stay attached and counting for the next agent.
+    // programs; pinned links stay attached and counting for the next agent, unless this exit is
+    // an uninstall.
     let _ = book_counts(
         &counts,
+        &flow_sums,
         &stats,
         &mut deltas,
+        &mut kernel_sums,
         checkpoint.as_mut(),
         &mut resolver,
         &shared,
     );
+    let _ = book_latency(&latency, &mut kernel_sums, &mut resolver, &shared);
     drop(fill);
     drop(ring);
     drop(programs);
-    match &config.bpffs_dir {
-        Some(dir) => {
-            info!(pins = %dir.display(), "exited; the pinned programs stay attached and counting")
-        }
+    match &pin_dir {
+        Some(dir) => leave_pins(dir, uninstall_check.as_ref()).await,
         None => info!("detached"),
     }
     let _ = stop_api.send(true);
@@ -333,6 +378,67 @@ pub async fn run(
         let _ = server.await;
     }
     Ok(())
+}
+
+/// How long the uninstall check may take at exit, all calls included: well within a pod's
+/// termination grace period (30 s unless the DaemonSet says otherwise).
+const UNINSTALL_CHECK_WITHIN: Duration = Duration::from_secs(5);
+
+/// The uninstall check, when the agent pins (`--bpffs-dir`), names pods from the Kubernetes API
+/// and knows its own Pod; otherwise the pins always stay for the next agent.
+async fn uninstall_check(config: &Config) -> Option<UninstallCheck> {
+    config.bpffs_dir.as_ref()?;
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let (Some(name), Some(namespace)) = (given(&config.pod_name), given(&config.pod_namespace))
+    else {
+        return None;
+    };
+    if config.identity != IdentityKind::Kubernetes {
+        warn!(
+            identity = %config.identity,
+            "no uninstall check without --identity kubernetes: the pins are kept at every exit"
+        );
+        return None;
+    }
+    match podmeter_kube::client(config.kubeconfig.as_deref()).await {
+        Ok(client) => Some(UninstallCheck::start(client, PodRef { namespace, name })),
+        Err(error) => {
+            warn!(%error, "no uninstall check: the pins are kept at every exit");
+            None
+        }
+    }
+}
+
+/// At exit with pins: keeps them for the next agent or, when the uninstall check says the
+/// agent's DaemonSet is gone, removes them (`podmeter agent-uninstall` for this cgroup root).
+/// Logs one line either way.
+async fn leave_pins(dir: &Path, check: Option<&UninstallCheck>) {
+    let verdict = match check {
+        Some(check) => check.verdict(UNINSTALL_CHECK_WITHIN).await,
+        None => Verdict::Keep(
+            "no uninstall check (it needs --identity kubernetes, POD_NAME and POD_NAMESPACE)"
+                .to_owned(),
+        ),
+    };
+    match verdict {
+        Verdict::Keep(why) => info!(
+            pins = %dir.display(),
+            "keeping the pins for the next agent: {why}; the programs stay attached and counting"
+        ),
+        Verdict::Uninstall(why) => match pins::uninstall_root(dir) {
+            Ok(removed) => info!(
+                removed = removed.len(),
+                "uninstalled: {why}, removed pins under {}",
+                dir.display()
+            ),
+            Err(error) => warn!(
+                %error,
+                "uninstalling ({why}) failed: remove the pins with `podmeter agent-uninstall \
+                 --bpffs-dir {}`",
+                dir.parent().unwrap_or(dir).display()
+            ),
+        },
+    }
 }
 
 /// How long the first list of this node's pods may take before the agent gives up.
@@ -391,21 +497,74 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
         })
 }
 
+/// What the agent remembers of the kernel's flow sums and latency histogram between reads.
+#[derive(Default)]
+struct KernelSums {
+    flows: FlowDeltas,
+    histogram: HistogramDeltas,
+}
+
+impl KernelSums {
+    /// Starts from what the maps hold now (a takeover), booking none of it.
+    fn prime(&mut self, flows: &FlowsMap, latency: &LatencyMap) -> Result<(), Error> {
+        self.flows
+            .prime(&flow_sums::read_flows(flows, pins::monotonic_ns())?);
+        self.histogram
+            .prime(&latency_histogram::read_buckets(latency)?);
+        Ok(())
+    }
+
+    /// Deletes the flow sums and latency buckets of cgroups that no longer exist (booked already).
+    /// As for the counters, a cgroup not scanned yet is not taken for gone (`CgroupIndex::gone`).
+    fn sweep(&mut self, flows: &mut FlowsMap, latency: &mut LatencyMap, resolver: &mut Resolver) {
+        let flow_keys: Vec<CountKey> = flows.keys().filter_map(Result::ok).collect();
+        let bucket_keys: Vec<CountKey> = latency.keys().filter_map(Result::ok).collect();
+        let listed = Instant::now();
+        for key in flow_keys {
+            if resolver.cgroups.gone(key.cgroup_id, listed) && flows.remove(&key).is_ok() {
+                self.flows.forget(&counters::FlowKey::of(&key));
+            }
+        }
+        for key in bucket_keys {
+            if resolver.cgroups.gone(key.cgroup_id, listed) && latency.remove(&key).is_ok() {
+                self.histogram.forget(&key);
+            }
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one read of every kernel total, booked together"
+)]
 fn book_counts(
     counts: &CountsMap,
+    flows: &FlowsMap,
     stats: &aya::maps::PerCpuArray<MapData, u64>,
     deltas: &mut Deltas,
+    sums: &mut KernelSums,
     checkpoint: Option<&mut pins::Checkpoint>,
     resolver: &mut Resolver,
     shared: &Shared,
 ) -> Result<(), Error> {
     let current = counters::read_counts(counts)?;
+    let read_ns = pins::monotonic_ns();
+    let current_flows = flow_sums::read_flows(flows, read_ns)?;
     let kernel = counters::read_stats(stats)?;
     // The rates spread what changed over the time since the previous read: take the time of
     // this read right after reading.
     let now = Instant::now();
-    let read_ns = pins::monotonic_ns();
     let booked = counters::by_pod(deltas.update(&current), |cgroup_id| resolver.pod(cgroup_id));
+    let booked_flows: Vec<_> = sums
+        .flows
+        .update(&current_flows)
+        .into_iter()
+        .filter_map(|(key, delta)| {
+            let (pod, flow) =
+                attribution::attribute(key.cgroup_id, key.role, key.peer, |id| resolver.pod(id))?;
+            Some((pod, flow, delta))
+        })
+        .collect();
     // Booked from here on, whatever happens to this process: the next agent starts from it.
     if let Some(checkpoint) = checkpoint
         && let Err(e) = checkpoint.record(&current, read_ns)
@@ -413,9 +572,35 @@ fn book_counts(
         warn!(error = %e, "writing the pinned checkpoint failed");
     }
     let mut state = shared.lock();
-    state.book_counts(now, &booked);
+    state.book_counts(now, &booked, &booked_flows);
     state.health.kernel = health::kernel_reply(&kernel);
     state.health.counter_entries = current.len() as u64;
+    state.health.flow_sums_torn = sums.flows.torn;
+    Ok(())
+}
+
+/// Reads the kernel's latency histogram and books what changed.
+fn book_latency(
+    latency: &LatencyMap,
+    sums: &mut KernelSums,
+    resolver: &mut Resolver,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let current = latency_histogram::read_buckets(latency)?;
+    let now = Instant::now();
+    let booked: Vec<_> = sums
+        .histogram
+        .update(&current)
+        .into_iter()
+        .filter_map(|(key, buckets)| {
+            let (pod, flow) =
+                attribution::attribute(key.cgroup_id, key.role, key.peer, |id| resolver.pod(id))?;
+            Some((pod, flow, buckets))
+        })
+        .collect();
+    let mut state = shared.lock();
+    state.book_latency(now, &booked);
+    state.health.latency_buckets = current.len() as u64;
     Ok(())
 }
 
@@ -438,7 +623,7 @@ fn drain_events(
         let ratio = RingFill::ratio(used, state.health.ring_capacity_bytes);
         state.metrics.health.ring_buffer_fill.observe(ratio);
     }
-    drained.book(Instant::now(), flows, &mut state);
+    drained.book(flows, &mut state);
 }
 
 /// Counts the kernel's connection table and derives how many connections it evicted.
@@ -475,10 +660,13 @@ fn sweep_dead_cgroups(
     grace: Duration,
 ) {
     let keys: Vec<CountKey> = counts.keys().filter_map(Result::ok).collect();
+    let listed = Instant::now();
     let mut removed = 0u64;
     let mut live_pods = std::collections::HashSet::new();
     for key in keys {
-        if resolver.cgroups.exists(key.cgroup_id) {
+        // Not `exists`: a counter can appear for a cgroup the index has not scanned yet (at the
+        // agent's first sweep, a pod's first request), and deleting it would lose its count.
+        if !resolver.cgroups.gone(key.cgroup_id, listed) {
             if let Some(pod) = resolver.pod(key.cgroup_id) {
                 live_pods.insert(pod);
             }

@@ -44,7 +44,7 @@ pub(crate) use authorizer::{ReviewCache, SubjectAccessReviewAuthorizer};
 pub(crate) use request_header::{RequestHeaderAuth, RequestHeaderConfig};
 pub(crate) use routes::{ApiOptions, router};
 pub(crate) use source::{
-    HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
-    podmeter_metrics,
+    HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_CONCURRENCY,
+    HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample, podmeter_metrics,
 };
 pub(crate) use tls::{ServingCertificate, serve, server_config};

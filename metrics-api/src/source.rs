@@ -15,6 +15,15 @@ pub const HTTP_REQUESTS_PER_SECOND: &str = "http_requests_per_second";
 /// The 95th percentile of the pod's inbound HTTP request durations, in seconds.
 pub const HTTP_REQUEST_DURATION_SECONDS_P95: &str = "http_request_duration_seconds_p95";
 
+/// The average number of inbound HTTP requests the pod was serving at once over the window:
+/// the exact time-integral of its in-flight requests, from the kernel, over the window's span
+/// (Little's law's `L`).
+pub const HTTP_REQUESTS_CONCURRENCY: &str = "http_requests_concurrency";
+
+/// Inbound HTTP request payload bytes (request lines, headers and bodies) the pod received per
+/// second over the window.
+pub const HTTP_REQUEST_BYTES_PER_SECOND: &str = "http_request_bytes_per_second";
+
 /// A metric the API serves for pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricInfo {
@@ -44,11 +53,15 @@ impl MetricInfo {
     }
 }
 
-/// The metrics podmeter serves: the request rate (summable) and the p95 latency (per pod).
+/// The metrics podmeter serves: the request rate (summable), the p95 latency (per pod), the
+/// average concurrency (summable: time-averages over one window add up to the average of the
+/// sum) and the request bytes per second (summable).
 pub fn podmeter_metrics() -> Vec<MetricInfo> {
     vec![
         MetricInfo::summable(HTTP_REQUESTS_PER_SECOND),
         MetricInfo::per_pod(HTTP_REQUEST_DURATION_SECONDS_P95),
+        MetricInfo::summable(HTTP_REQUESTS_CONCURRENCY),
+        MetricInfo::summable(HTTP_REQUEST_BYTES_PER_SECOND),
     ]
 }
 

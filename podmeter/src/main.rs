@@ -92,9 +92,19 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         /// Pin the programs and counters under this bpffs directory (e.g. /sys/fs/bpf/podmeter):
         /// they stay attached and counting when the agent exits, and the next agent takes them
-        /// over without losing or double counting a request. Remove them with `agent-uninstall`.
+        /// over without losing or double counting a request. With --identity kubernetes,
+        /// --pod-name and --pod-namespace, an exit once the agent's DaemonSet is gone (an
+        /// uninstall) removes them; otherwise remove them with `agent-uninstall`.
         #[arg(long, env = "PODMETER_BPFFS_DIR")]
         bpffs_dir: Option<PathBuf>,
+        /// This agent's Pod (set POD_NAME from the downward API, fieldRef metadata.name): its
+        /// DaemonSet, from its owner references, tells an uninstall from a restart at exit.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// The namespace of --pod-name (set POD_NAMESPACE from the downward API, fieldRef
+        /// metadata.namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        pod_namespace: Option<String>,
     },
     /// Detach and unpin what `agent --bpffs-dir DIR` left attached, and remove DIR.
     AgentUninstall {
@@ -184,6 +194,8 @@ fn main() -> ExitCode {
             tls_private_key_file,
             kubeconfig,
             bpffs_dir,
+            pod_name,
+            pod_namespace,
         } => {
             let config = podmeter_agent::Config {
                 cgroup_root,
@@ -216,6 +228,8 @@ fn main() -> ExitCode {
                     },
                 },
                 bpffs_dir,
+                pod_name,
+                pod_namespace,
             };
             run_agent(config)
         }

@@ -294,6 +294,7 @@ mod tests {
             },
             rate: 0.0,
             duration: None,
+            ..FlowReply::default()
         }
     }
 

@@ -1,14 +1,17 @@
-//! The replica scenario of the demo and of its integration test: backends whose replica counts
-//! follow the HPA's decisions on the per-pod rates podmeter measures.
+//! The replica scenarios of the demo and of their integration tests: backends whose replica
+//! counts follow the HPA's decisions on the per-pod values podmeter measures.
 //!
-//! Each backend is a set of netns pods running nginx behind its own ingress pod (nginx as an L7
-//! load balancer, round robin per request, reloaded when pods come and go). A client pod runs hey
-//! at a fixed total rate against the ingress. Every sync period the scenario reads each backend
-//! pod's inbound rate from the agent (`/v1/pods`), asks [`podmeter_hpa::recommend::Recommender`] (the
-//! HPA's algorithm) for the desired count, and starts or stops backend pods to match. Beside it, a
-//! second recommender is fed what a source that counts each request at both ends would report
-//! (the backend pod's server-side count plus its share of the ingress pod's client-side count,
-//! both measured by the agent), and its decision is shown, not applied.
+//! Each backend is a set of netns pods running a server (nginx answering at once, or the
+//! [scripted server](crate::scripted) answering after a delay) behind its own ingress pod (nginx
+//! as an L7 load balancer, round robin per request, reloaded when pods come and go). A client pod
+//! runs hey at a fixed total rate against the ingress. Every sync period the scenario reads each
+//! backend pod's inbound value of the backend's [`Metric`] from the agent (`/v1/pods`: the rate,
+//! or the concurrency), asks [`podmeter_hpa::recommend::Recommender`] (the HPA's algorithm for a
+//! `Pods` metric with an `AverageValue` target, the same for either metric) for the desired
+//! count, and starts or stops backend pods to match. Beside it, a second recommender is fed what
+//! a source that counts each request at both ends would report (the backend pod's server-side
+//! value plus its share of the ingress pod's client-side value, both measured by the agent), and
+//! its decision is shown, not applied.
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +22,14 @@ use std::{
 
 use anyhow::{Result, bail};
 use podmeter_hpa::recommend::{PodRate, Recommender, WorkloadSpec};
+use podmeter_wire::FlowReply;
 
 use crate::{
-    AgentProcess, ChildGuard, Cluster, Pod, TempDir, agent::pod_in, clients::parse_hey, tempdir,
+    AgentProcess, ChildGuard, Cluster, Pod, TempDir,
+    agent::pod_in,
+    clients::parse_hey,
+    scripted::{self, ScriptedProcess},
+    tempdir,
     wait::poll_until,
 };
 
@@ -36,11 +44,38 @@ pub const NAMESPACE: &str = "demo";
 /// and 5 replicas, and 4 and 10 for a double-counting source.
 pub const REFERENCE_RATE: u32 = 49;
 
+/// Requests per second to the backend of the concurrency scenario: 50, as in the issue ("a
+/// backend whose requests take 100 ms at 50 req/s has concurrency 5.0"). Unlike
+/// [`REFERENCE_RATE`]'s step, this one is not knife-edge: from any count, the HPA asks for
+/// ceil(L / 2) replicas, which is 3 for any total concurrency L in (4, 6], and the requests'
+/// own overhead (a millisecond or two over 100 ms) moves L by a few percent.
+pub const CONCURRENCY_RATE: u32 = 50;
+
+/// How long each request of the concurrency scenario takes: the scripted server's `/delay/100`.
+pub const CONCURRENCY_DELAY: Duration = Duration::from_millis(100);
+
 /// hey paces each worker (`-q` is per worker): split `rate` into workers that divide it exactly
 /// (at most 8, e.g. 49 = 7 x 7, 50 = 5 x 10), so the total is `rate` and not a rounded-down one.
 pub fn hey_workers(rate: u32) -> (u32, u32) {
     let rate = rate.max(1);
     let workers = (1..=8).rev().find(|w| rate.is_multiple_of(*w)).unwrap_or(1);
+    (workers, rate / workers)
+}
+
+/// [`hey_workers`] for requests that take `latency` each. A worker waits for each answer before
+/// its next request, so `rate x latency` requests in flight need more workers than that, or the
+/// load runs at what the workers can do and not at `rate`: at least twice as many here (each
+/// worker idle half of its period), e.g. 50 req/s of 100 ms requests are 10 workers x 5 req/s.
+pub fn hey_workers_for(rate: u32, latency: Duration) -> (u32, u32) {
+    let (workers, per_worker) = hey_workers(rate);
+    let rate = rate.max(1);
+    let needed = (2.0 * f64::from(rate) * latency.as_secs_f64()).ceil() as u32;
+    if workers >= needed {
+        return (workers, per_worker);
+    }
+    let workers = (needed..=rate)
+        .find(|w| rate.is_multiple_of(*w))
+        .unwrap_or(rate);
     (workers, rate / workers)
 }
 
@@ -53,8 +88,28 @@ pub fn start_paced_hey(
     duration: Duration,
     label: String,
 ) -> Result<ChildGuard> {
-    let (workers, per_worker) = hey_workers(rate);
-    let mut command = pod.command("hey")?;
+    start_paced_hey_with(pod.command("hey")?, url, rate, duration, label)
+}
+
+/// [`start_paced_hey`] with `command` as hey (e.g. `Command::new("hey")` on the host).
+pub fn start_paced_hey_with(
+    command: std::process::Command,
+    url: &str,
+    rate: u32,
+    duration: Duration,
+    label: String,
+) -> Result<ChildGuard> {
+    start_hey_workers(command, url, hey_workers(rate), duration, label)
+}
+
+/// hey with `(workers, per_worker)` as [`hey_workers`] or [`hey_workers_for`] split a rate.
+fn start_hey_workers(
+    mut command: std::process::Command,
+    url: &str,
+    (workers, per_worker): (u32, u32),
+    duration: Duration,
+    label: String,
+) -> Result<ChildGuard> {
     command
         .args([
             "-z",
@@ -69,15 +124,120 @@ pub fn start_paced_hey(
     ChildGuard::spawn(command, label)
 }
 
+/// The per-pod custom metric a backend's HPA scales on (a `Pods` metric, `AverageValue` target),
+/// as the metrics API serves it from the agent's `/v1/pods`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Metric {
+    /// `http_requests_per_second`: the pod's inbound `rate`.
+    #[default]
+    RequestsPerSecond,
+    /// `http_requests_concurrency`: the pod's inbound `concurrency`, the average number of
+    /// requests in flight over the agent's rate window (Little's law's L).
+    Concurrency,
+}
+
+impl Metric {
+    /// The custom metric's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RequestsPerSecond => "http_requests_per_second",
+            Self::Concurrency => "http_requests_concurrency",
+        }
+    }
+
+    /// What its values count, for people: `req/s` or `in flight`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::RequestsPerSecond => "req/s",
+            Self::Concurrency => "in flight",
+        }
+    }
+
+    /// Its value in one flow of a pod; `None` while the agent has none.
+    pub fn of(self, flow: &FlowReply) -> Option<f64> {
+        match self {
+            Self::RequestsPerSecond => Some(flow.rate),
+            Self::Concurrency => flow.concurrency,
+        }
+    }
+}
+
+/// What a backend's replicas run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaServer {
+    /// nginx answering `200 ok` at once (port 80, load on `/`).
+    #[default]
+    Nginx,
+    /// The [scripted server](crate::scripted) (threaded, keep-alive, port 8080), the load on
+    /// `/delay/<ms>`: each request answered after `delay`.
+    Delayed { delay: Duration },
+}
+
+impl ReplicaServer {
+    fn port(self) -> u16 {
+        match self {
+            Self::Nginx => 80,
+            Self::Delayed { .. } => scripted::PORT,
+        }
+    }
+
+    /// The path the load requests (through the ingress).
+    pub fn path(self) -> String {
+        match self {
+            Self::Nginx => "/".to_owned(),
+            Self::Delayed { delay } => format!("/delay/{}", delay.as_millis()),
+        }
+    }
+
+    /// How long the server takes to answer, at least.
+    pub fn latency(self) -> Duration {
+        match self {
+            Self::Nginx => Duration::ZERO,
+            Self::Delayed { delay } => delay,
+        }
+    }
+}
+
 /// One backend of the scenario.
 #[derive(Clone, Debug)]
 pub struct BackendSpec {
     pub name: String,
     /// Total requests per second sent to the backend (through its ingress).
     pub rate: u32,
-    /// HPA target: `http_requests_per_second` per pod.
+    /// The metric its HPA scales on.
+    pub metric: Metric,
+    /// HPA target: the metric's value per pod (`AverageValue`).
     pub target_per_pod: f64,
     pub max_replicas: u32,
+    /// What its replicas run.
+    pub server: ReplicaServer,
+}
+
+impl BackendSpec {
+    /// A backend of nginx replicas scaling on `http_requests_per_second`.
+    pub fn nginx(name: &str, rate: u32, target_per_pod: f64) -> Self {
+        Self {
+            name: name.to_owned(),
+            rate,
+            metric: Metric::RequestsPerSecond,
+            target_per_pod,
+            max_replicas: 10,
+            server: ReplicaServer::Nginx,
+        }
+    }
+
+    /// A backend of scripted-server replicas answering after `delay`, scaling on
+    /// `http_requests_concurrency`.
+    pub fn delayed(name: &str, rate: u32, delay: Duration, target_per_pod: f64) -> Self {
+        Self {
+            name: name.to_owned(),
+            rate,
+            metric: Metric::Concurrency,
+            target_per_pod,
+            max_replicas: 10,
+            server: ReplicaServer::Delayed { delay },
+        }
+    }
 }
 
 /// The whole scenario.
@@ -99,14 +259,37 @@ impl Scenario {
     /// The reference scenario: two backends under load, targets 25 and 10 req/s per pod. The load
     /// is [`REFERENCE_RATE`], 49 req/s rather than 50: see there.
     pub fn reference() -> Self {
-        let backend = |name: &str, target: f64| BackendSpec {
-            name: name.to_owned(),
-            rate: REFERENCE_RATE,
-            target_per_pod: target,
-            max_replicas: 10,
-        };
         Self {
-            backends: vec![backend("backend-1", 25.0), backend("backend-2", 10.0)],
+            backends: vec![
+                BackendSpec::nginx("backend-1", REFERENCE_RATE, 25.0),
+                BackendSpec::nginx("backend-2", REFERENCE_RATE, 10.0),
+            ],
+            ..Self::timing()
+        }
+    }
+
+    /// The concurrency scenario: one backend whose requests take 100 ms
+    /// ([`CONCURRENCY_DELAY`]), at 50 req/s ([`CONCURRENCY_RATE`]), scaling on
+    /// `http_requests_concurrency` with a target of 2 per pod. Little's law: 50 x 0.1 s = 5.0
+    /// requests in flight in total, so the HPA settles it at ceil(5.0 / 2) = 3 replicas, each
+    /// with about 1.67 in flight.
+    pub fn concurrency() -> Self {
+        Self {
+            backends: vec![BackendSpec::delayed(
+                "slow-backend",
+                CONCURRENCY_RATE,
+                CONCURRENCY_DELAY,
+                2.0,
+            )],
+            ..Self::timing()
+        }
+    }
+
+    /// The demo's pace: a decision every 10 s on a 5 s window, at most 4 min, settled after 4
+    /// syncs without a change.
+    fn timing() -> Self {
+        Self {
+            backends: Vec::new(),
             sync_period: Duration::from_secs(10),
             rate_window_secs: 5,
             max_duration: Duration::from_secs(240),
@@ -119,8 +302,10 @@ impl Scenario {
 #[derive(Clone, Debug)]
 pub struct BackendStatus {
     pub name: String,
+    pub metric: Metric,
     pub target_per_pod: f64,
-    /// (pod, inbound rate) as the agent served it; `None` for a pod without a value yet.
+    /// (pod, inbound value of the metric) as the agent served it; `None` for a pod without a
+    /// value yet.
     pub pods: Vec<(String, Option<f64>)>,
     pub replicas: u32,
     pub desired: u32,
@@ -210,9 +395,15 @@ impl Server {
     }
 }
 
+/// A replica's server process, held until the replica goes.
+enum ReplicaProcess {
+    Nginx { _server: Server },
+    Delayed { _server: ScriptedProcess },
+}
+
 struct Replica<'c> {
-    // Field order: nginx stops before its pod goes.
-    _server: Server,
+    // Field order: the server stops before its pod goes.
+    _server: ReplicaProcess,
     pod: Pod<'c>,
 }
 
@@ -230,19 +421,34 @@ struct Backend<'c> {
 
 const UPSTREAM_FILE: &str = "upstream.conf";
 
-fn start_replica<'c>(cluster: &'c Cluster, name: &str) -> Result<Replica<'c>> {
+fn start_replica<'c>(
+    cluster: &'c Cluster,
+    name: &str,
+    server: ReplicaServer,
+) -> Result<Replica<'c>> {
     let pod = cluster.pod(NAMESPACE, name)?;
-    let server = Server::start(&pod, name, "location / { return 200 \"ok\\n\"; }", "")?;
+    let server = match server {
+        ReplicaServer::Nginx => ReplicaProcess::Nginx {
+            _server: Server::start(&pod, name, "location / { return 200 \"ok\\n\"; }", "")?,
+        },
+        ReplicaServer::Delayed { .. } => ReplicaProcess::Delayed {
+            _server: ScriptedProcess::start(&pod)?,
+        },
+    };
     Ok(Replica {
         _server: server,
         pod,
     })
 }
 
-fn write_upstream(dir: &TempDir, replicas: &[Replica<'_>]) -> Result<std::path::PathBuf> {
+fn write_upstream(
+    dir: &TempDir,
+    replicas: &[Replica<'_>],
+    port: u16,
+) -> Result<std::path::PathBuf> {
     let servers: String = replicas
         .iter()
-        .map(|r| format!("server {}:80;\n", r.pod.ip()))
+        .map(|r| format!("server {}:{port};\n", r.pod.ip()))
         .collect();
     tempdir::write(dir, UPSTREAM_FILE, servers)
 }
@@ -252,13 +458,15 @@ impl<'c> Backend<'c> {
         let n = spec.name.clone();
         let client = cluster.pod(NAMESPACE, &format!("client-{n}"))?;
         let ingress_pod = cluster.pod(NAMESPACE, &format!("ingress-{n}"))?;
-        let replicas = vec![start_replica(cluster, &format!("{n}-0"))?];
+        let replicas = vec![start_replica(cluster, &format!("{n}-0"), spec.server)?];
         let upstream_dir = tempdir::new(&format!("upstream-{n}"))?;
-        let upstream = write_upstream(&upstream_dir, &replicas)?;
+        let upstream = write_upstream(&upstream_dir, &replicas, spec.server.port())?;
         let ingress = Server::start(
             &ingress_pod,
             &format!("ingress-{n}"),
             // One request in, one request out: round robin over the backends, keep-alive both ways.
+            // nginx opens as many upstream connections as requests are in flight (a slow
+            // backend's too) and keeps up to 64 idle ones per worker for reuse.
             "location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
             &format!(
                 "upstream backends {{ include {}; keepalive 64; }}",
@@ -290,9 +498,10 @@ impl<'c> Backend<'c> {
         while self.replicas.len() < desired {
             let name = format!("{}-{}", self.spec.name, self.next_id);
             self.next_id += 1;
-            self.replicas.push(start_replica(cluster, &name)?);
+            self.replicas
+                .push(start_replica(cluster, &name, self.spec.server)?);
         }
-        write_upstream(&self.upstream_dir, &self.replicas)?;
+        write_upstream(&self.upstream_dir, &self.replicas, self.spec.server.port())?;
         self.ingress.reload()?;
         // Let the old ingress worker finish with the leaving pods before they stop.
         std::thread::sleep(Duration::from_millis(300));
@@ -301,12 +510,13 @@ impl<'c> Backend<'c> {
     }
 
     fn start_load(&mut self, duration: Duration) -> Result<()> {
-        let url = self.ingress_pod.url("/");
+        let url = self.ingress_pod.url(&self.spec.server.path());
         let label = format!("hey {}", self.spec.name);
-        self.load = Some(start_paced_hey(
-            &self.client,
+        let workers = hey_workers_for(self.spec.rate, self.spec.server.latency());
+        self.load = Some(start_hey_workers(
+            self.client.command("hey")?,
             &url,
-            self.spec.rate,
+            workers,
             duration,
             label,
         )?);
@@ -384,21 +594,22 @@ pub fn run(
         let mut observed = Vec::new();
         let mut shadow_pods = Vec::new();
         for backend in &backends {
+            let metric = backend.spec.metric;
             let rates: Vec<(String, Option<f64>)> = backend
                 .replicas
                 .iter()
                 .map(|r| {
                     (
                         r.pod.name().to_owned(),
-                        entry(r.pod.name()).map(|e| e.inbound.rate),
+                        entry(r.pod.name()).and_then(|e| metric.of(&e.inbound)),
                     )
                 })
                 .collect();
-            // The both-ends view: each pod's server-side count plus its share of the ingress's
-            // client-side count for the same requests.
+            // The both-ends view: each pod's server-side value plus its share of the ingress's
+            // client-side value for the same requests (counted, or in flight, at both ends).
             let inbound_sum: f64 = rates.iter().filter_map(|(_, r)| *r).sum();
             let ingress_out = entry(backend.ingress_pod.name())
-                .map(|e| e.outbound.rate)
+                .and_then(|e| metric.of(&e.outbound))
                 .unwrap_or(0.0);
             let factor = if inbound_sum > 0.0 {
                 1.0 + ingress_out / inbound_sum
@@ -441,6 +652,7 @@ pub fn run(
             double_counted.insert(backend.spec.name.clone(), shadow.desired_replicas);
             statuses.push(BackendStatus {
                 name: backend.spec.name.clone(),
+                metric: backend.spec.metric,
                 target_per_pod: backend.spec.target_per_pod,
                 pods: rec.pods.iter().map(|p| (p.name.clone(), p.rate)).collect(),
                 replicas: rec.current_replicas,

@@ -12,6 +12,8 @@ pub(crate) const NETNS_PREFIX: &str = "pmt-";
 pub(crate) const BRIDGE_PREFIX: &str = "pmb";
 /// Prefix of host-side veth names: `pmv<pid hex>x<id hex>`.
 pub(crate) const VETH_PREFIX: &str = "pmv";
+/// Prefix of dummy link names (a control plane's pod-reachable address): `pmd<pid hex>x<id hex>`.
+pub(crate) const DUMMY_PREFIX: &str = "pmd";
 /// Prefix of test parent cgroups: `podmeter-test-<pid>-<id>`.
 pub(crate) const CGROUP_PREFIX: &str = "podmeter-test-";
 /// Prefix of a real node's name, which is also its kubelet's cgroup root in every hierarchy:
@@ -37,6 +39,10 @@ pub(crate) fn bridge_name(id: u32) -> String {
 
 pub(crate) fn veth_name(id: u32) -> String {
     interface_name(VETH_PREFIX, id)
+}
+
+pub(crate) fn dummy_name(id: u32) -> String {
+    interface_name(DUMMY_PREFIX, id)
 }
 
 pub(crate) fn cgroup_parent_name(id: u32) -> String {
@@ -70,7 +76,8 @@ fn interface_name(prefix: &str, id: u32) -> String {
     name
 }
 
-/// The PID encoded in an interface name made by [`bridge_name`] or [`veth_name`].
+/// The PID encoded in an interface name made by [`bridge_name`], [`veth_name`] or
+/// [`dummy_name`].
 pub(crate) fn interface_owner(prefix: &str, name: &str) -> Option<u32> {
     let (pid, id) = name.strip_prefix(prefix)?.split_once('x')?;
     u32::from_str_radix(id, 16).ok()?;
@@ -96,6 +103,7 @@ mod tests {
             Some(pid)
         );
         assert_eq!(interface_owner(VETH_PREFIX, &veth_name(7)), Some(pid));
+        assert_eq!(interface_owner(DUMMY_PREFIX, &dummy_name(8)), Some(pid));
         assert_eq!(decimal_owner(NETNS_PREFIX, &netns_name(3)), Some(pid));
         assert_eq!(
             decimal_owner(CGROUP_PREFIX, &cgroup_parent_name(9)),

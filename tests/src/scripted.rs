@@ -81,14 +81,36 @@ Server(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 #[derive(Debug)]
 pub struct ScriptedServer<'p> {
     pod: &'p Pod<'p>,
-    // Field order matters: the process stops before its directory is removed.
-    _process: ChildGuard,
-    _dir: TempDir,
+    _process: ScriptedProcess,
 }
 
 impl<'p> ScriptedServer<'p> {
     /// Starts the server in `pod` and returns once it listens on [`PORT`].
     pub fn start(pod: &'p Pod<'p>) -> Result<Self> {
+        Ok(Self {
+            pod,
+            _process: ScriptedProcess::start(pod)?,
+        })
+    }
+
+    /// `http://<pod ip>:8080<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:{PORT}{path}", self.pod.ip())
+    }
+}
+
+/// The server's process without a borrow of its pod, for owners that keep the pod beside it (the
+/// autoscaling scenario's replicas); dropping it stops the process.
+#[derive(Debug)]
+pub(crate) struct ScriptedProcess {
+    // Field order matters: the process stops before its directory is removed.
+    _process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl ScriptedProcess {
+    /// Starts the server in `pod` and returns once it listens on [`PORT`].
+    pub(crate) fn start(pod: &Pod<'_>) -> Result<Self> {
         let dir = tempdir::new("scripted")?;
         let script = tempdir::write(&dir, "server.py", SCRIPT)?;
         let mut command = pod.command("python3")?;
@@ -113,14 +135,8 @@ impl<'p> ScriptedServer<'p> {
             bail!("the scripted server did not listen on {PORT} within 10 s");
         }
         Ok(Self {
-            pod,
             _process: process,
             _dir: dir,
         })
-    }
-
-    /// `http://<pod ip>:8080<path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}:{PORT}{path}", self.pod.ip())
     }
 }

@@ -4,7 +4,10 @@
 //! live runs and everything else on the machine are left alone. Processes are killed only when a
 //! dead run's [`crate::node::RealNode`] started them (its containers, in the node's cgroups, and
 //! containerd's shims, whose command lines name the node's directory); any other leftover cgroup
-//! that still has processes is reported and kept.
+//! that still has processes is reported and kept. A dead node's kube-proxy recorded the host's
+//! state before it ran in the node's directory: its `KUBE-*` iptables chains are removed and
+//! `route_localnet` is restored from that record (unless some kube-proxy still runs); the pod logs
+//! of a dead node's pods (UIDs from its kubelet's directory) go too.
 
 use std::{fs, path::Path, process::Command, time::Duration};
 
@@ -20,13 +23,14 @@ pub(crate) fn remove_leftovers_of_dead_runs() {
     remove_stale_nodes();
     remove_stale_netns();
     remove_stale_links();
+    node::forwarding::remove_stale_rules();
     remove_stale_cgroups();
     remove_stale_temp_dirs();
 }
 
 /// A killed run's node: shims and containers still run, overlay and netns mounts stay under its
-/// directory, and its cgroup root stays in every hierarchy. (Its bridge goes with the other links;
-/// its veths went when their network namespaces did.)
+/// directory, its kube-proxy's iptables rules stay, and its cgroup root stays in every hierarchy.
+/// (Its bridge goes with the other links; its veths went when their network namespaces did.)
 fn remove_stale_nodes() {
     for dir in stale_temp_dirs() {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
@@ -41,6 +45,12 @@ fn remove_stale_nodes() {
             eprintln!("podmeter-tests: {error:#}");
         }
         if let Err(error) = node::mounts::unmount_all_under(&dir) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+        if let Err(error) = node::proxy::remove_leftovers(&dir.join("kube-proxy")) {
+            eprintln!("podmeter-tests: {error:#}");
+        }
+        if let Err(error) = node::remove_pod_logs_of_dead_node(&dir) {
             eprintln!("podmeter-tests: {error:#}");
         }
     }
@@ -92,7 +102,8 @@ fn remove_stale_links() {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let owner = names::interface_owner(names::BRIDGE_PREFIX, &name)
-            .or_else(|| names::interface_owner(names::VETH_PREFIX, &name));
+            .or_else(|| names::interface_owner(names::VETH_PREFIX, &name))
+            .or_else(|| names::interface_owner(names::DUMMY_PREFIX, &name));
         let Some(owner) = owner else { continue };
         if pid_alive(owner) {
             continue;

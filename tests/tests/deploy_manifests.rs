@@ -30,7 +30,7 @@ fn the_bundle_renders_and_the_api_server_accepts_it() {
         "kind: APIService",
         "name: v1beta2.custom.metrics.k8s.io",
         "name: system:auth-delegator",
-        "name: extension-apiserver-authentication-reader",
+        "- extension-apiserver-authentication",
         // The agents' API: TLS + audience-bound token + `get nodes/podmeter`.
         "- --api-auth=token-review",
         "- --token-audience=podmeter-agent",
@@ -98,6 +98,7 @@ fn the_bundle_renders_and_the_api_server_accepts_it() {
     for (file, last) in [
         ("examples/hpa-reference.yaml", "backend-2"),
         ("examples/hpa-latency.yaml", "backend-3"),
+        ("examples/hpa-concurrency.yaml", "backend-4"),
     ] {
         let hpas = std::fs::read_to_string(deploy.join(file)).expect("hpa example");
         let accepted = dry_run(&hpas.replace("autoscaling/v2\n", "autoscaling/v2beta2\n"));

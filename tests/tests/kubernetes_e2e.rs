@@ -50,6 +50,14 @@ const HEY_FOR: Duration = Duration::from_secs(120);
 
 const RATE_PATH: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dweb";
 const P95_PATH: &str = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/shop/pods/*/http_request_duration_seconds_p95?labelSelector=app%3Dweb";
+/// Average requests in flight per pod, in both API versions.
+const CONCURRENCY_PATHS: [&str; 2] = [
+    "/apis/custom.metrics.k8s.io/v1beta1/namespaces/shop/pods/*/http_requests_concurrency?labelSelector=app%3Dweb",
+    "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/*/http_requests_concurrency?labelSelector=app%3Dweb",
+];
+const BYTES_PATH: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/*/http_request_bytes_per_second?labelSelector=app%3Dweb";
+/// The mean server-side duration of `MIX_PATH`: (4 x 10 ms + 100 ms) / 5.
+const MIX_MEAN_SECONDS: f64 = 0.028;
 
 const CLUSTER_OBJECTS: &str = "\
 apiVersion: v1
@@ -383,6 +391,41 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
         "HPA service account read rates {rates:?} and p95 {p95:?} {:?} after the load started",
         load_started.elapsed()
     );
+
+    // Concurrency, in both versions, is Little's law's rate x mean duration (the scripted
+    // server adds about a millisecond to each); the request bytes rate is the agent's own.
+    let concurrency = wait_until(Duration::from_secs(20), "concurrency of both pods", || {
+        let mut both = Vec::new();
+        for path in CONCURRENCY_PATHS {
+            both.push(pod_values(&cp, &hpa, path)?);
+        }
+        println!("concurrency (v1beta1, v1beta2): {both:?}");
+        let littles_law = |values: &BTreeMap<String, f64>| {
+            values.len() == 2
+                && expected.iter().all(|(name, &rate)| {
+                    let l = rate * MIX_MEAN_SECONDS;
+                    values
+                        .get(name)
+                        .is_some_and(|&c| c >= 0.8 * l && c <= 1.3 * l)
+                })
+        };
+        Ok(both.iter().all(littles_law).then_some(both))
+    })
+    .expect("http_requests_concurrency as Little's law says, in both API versions");
+    let served_bytes = pod_values(&cp, &hpa, BYTES_PATH).expect("request bytes per second");
+    let pods = agent_pods(&agent, &token);
+    for name in expected.keys() {
+        let own = entry(&pods, name)
+            .unwrap_or_else(|| panic!("{name} in {pods:?}"))
+            .inbound
+            .request_bytes_per_second;
+        let served = served_bytes.get(name).copied().unwrap_or_default();
+        assert!(
+            own > 0.0 && (served - own).abs() <= 0.2 * own,
+            "{name}: served {served} B/s, the agent's own {own} B/s"
+        );
+    }
+    println!("concurrency {concurrency:?}; request bytes per second {served_bytes:?}");
 
     // The agent named them from the API: namespace, name, UID and the owning Deployment. The
     // client's cgroup is no kubelet pod's: its requests count for no pod.

@@ -18,6 +18,13 @@ pub struct AgentReply {
     pub open_requests: u64,
     pub counter_entries: u64,
     pub counter_entries_removed: u64,
+    /// Entries in the kernel's latency histogram at the latest read.
+    #[serde(default)]
+    pub latency_buckets: u64,
+    /// Reads of the kernel's flow sums skipped because a CPU's copy was taken in the middle of
+    /// an update (the next read covers their interval).
+    #[serde(default)]
+    pub flow_sums_torn: u64,
     /// Size of the ring buffer's data area.
     pub ring_capacity_bytes: u64,
     /// Bytes written to the ring buffer and not yet read, just before the latest drain.
@@ -47,4 +54,10 @@ pub struct KernelReply {
     pub responses_unrecognised: u64,
     pub connections_upgraded: u64,
     pub listener_requests: u64,
+    /// Flow-sum updates lost because the flow map was full.
+    #[serde(default)]
+    pub flow_map_full: u64,
+    /// Latency-histogram updates lost because the histogram map was full.
+    #[serde(default)]
+    pub latency_map_full: u64,
 }

@@ -72,6 +72,18 @@ pub struct FlowReply {
     /// Absent from agents older than this field, as `null`.
     #[serde(default)]
     pub duration: Option<DurationSummary>,
+    /// Average number of requests in flight over the rate window (the exact time-integral of
+    /// in-flight requests, from the kernel, divided by the window's span): Little's law's `L`.
+    /// `null` before the agent has two reads, and from agents older than this field.
+    #[serde(default)]
+    pub concurrency: Option<f64>,
+    /// Request payload bytes (request line, headers and body, as TCP carried them once) per
+    /// second over the rate window. 0 from agents older than this field.
+    #[serde(default)]
+    pub request_bytes_per_second: f64,
+    /// Response payload bytes per second over the rate window.
+    #[serde(default)]
+    pub response_bytes_per_second: f64,
 }
 
 /// Exact totals of one flow, from the kernel counters.
@@ -80,6 +92,13 @@ pub struct FlowTotals {
     pub requests: u64,
     #[serde(default)]
     pub responses: StatusCounts,
+    /// Request payload bytes (request lines, headers and bodies; each byte once, retransmissions
+    /// excluded).
+    #[serde(default)]
+    pub request_bytes: u64,
+    /// Response payload bytes.
+    #[serde(default)]
+    pub response_bytes: u64,
 }
 
 /// Exchanges by how they ended.
@@ -170,8 +189,13 @@ mod tests {
                     none: 1,
                     ..StatusCounts::default()
                 },
+                request_bytes: 700,
+                response_bytes: 9000,
             },
             rate: 1.5,
+            concurrency: Some(0.25),
+            request_bytes_per_second: 150.0,
+            response_bytes_per_second: 1800.0,
             duration: Some(DurationSummary {
                 exchanges: 6,
                 p50_seconds: 0.01,

@@ -15,9 +15,20 @@ const TARGET: &str = "x86_64-unknown-linux-musl";
 #[derive(clap::Args)]
 pub struct Args {
     /// Image name and tag.
-    #[arg(long, default_value = "podmeter:0.1.0")]
+    #[arg(long, default_value = DEFAULT_TAG)]
     tag: String,
 }
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            tag: DEFAULT_TAG.to_owned(),
+        }
+    }
+}
+
+/// The name the manifests in deploy/ use.
+const DEFAULT_TAG: &str = "podmeter:0.1.0";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     cargo(&[

@@ -115,7 +115,7 @@ fn kubernetes_control_plane() -> anyhow::Result<PathBuf> {
 /// own, then runs every test. Privileged tests serialise themselves (a lock file), so the test
 /// binaries may run in parallel.
 pub fn test(lint_first: bool, extra: &[String]) -> anyhow::Result<()> {
-    let mut steps = Steps::new(if lint_first { 5 } else { 4 });
+    let mut steps = Steps::new(if lint_first { 6 } else { 5 });
     if lint_first {
         steps.run(
             "rustfmt and clippy, host crates and the eBPF crate",
@@ -132,6 +132,11 @@ pub fn test(lint_first: bool, extra: &[String]) -> anyhow::Result<()> {
         "building the agent binary the integration tests run",
         "about 2 min",
         || cargo(&["build", "--package", "podmeter", "--bin", "podmeter"]),
+    )?;
+    steps.run(
+        "the container image the real-node test installs (cargo xtask image)",
+        "a static release build of podmeter and a buildah image, about 5 min",
+        || crate::image::run(&crate::image::Args::default()),
     )?;
     steps.run("building the test binaries", "about 3 min", || {
         cargo(&["test", "--no-run"])

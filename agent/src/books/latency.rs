@@ -2,43 +2,33 @@
 //! `http_request_duration_seconds_p95` and the agent's `/v1/pods`.
 //!
 //! Semantics, for a window of `W` seconds:
-//! - A paired exchange (a request with its response) enters the window when the agent reads it
-//!   from the ring buffer (every 100 ms); it leaves `W` seconds later, in whole seconds: the window
+//! - An exchange that ended with a response enters the window when the agent reads the kernel's
+//!   latency histogram (every second); it leaves `W` seconds later, in whole seconds: the window
 //!   holds the current second and the `W - 1` before it.
 //! - Quantiles use the nearest rank: the `q` quantile of `n` durations is the smallest duration
 //!   with at least `ceil(q * n)` durations at or below it.
-//! - Durations are kept in log-linear buckets, 32 per power of two from 1 µs to about 2 min, and
-//!   a quantile is reported as its bucket's geometric midpoint: within 1.1 % of the duration it
-//!   names. Shorter and longer durations fall into the first and last bucket.
-//! - The durations come from the event stream, which can lose events when the ring buffer is full
-//!   (counted in the agent's health); the exact request counts do not depend on them.
+//! - Durations are the kernel's log-linear buckets (`podmeter_common::latency`), 64 per power of
+//!   two from 1 µs to about 2 min, and a quantile is reported as its bucket's midpoint: within
+//!   0.78 % of the duration it names. Shorter and longer durations fall into the first and last
+//!   bucket.
+//! - The kernel pairs every request with its response, so the window holds every exchange that
+//!   ended with a response: nothing depends on the event ring.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use podmeter_common::latency;
 
 /// Quantiles of the durations in a window, as `/v1/pods` serves them.
 pub use podmeter_wire::DurationSummary;
 
 use crate::{attribution::flow::Flow, books::rates::RateWindow};
 
-/// Buckets per power of two.
-const PER_OCTAVE: u32 = 32;
-/// The first bucket starts at 2^10 ns (about 1 µs).
-const FIRST_OCTAVE: u32 = 10;
-/// The last bucket ends at 2^37 ns (about 137 s).
-const OCTAVES: u32 = 27;
-const BUCKETS: usize = (OCTAVES * PER_OCTAVE) as usize;
+const BUCKETS: usize = latency::BUCKETS as usize;
 
-/// The bucket of a duration.
-fn bucket(d: Duration) -> u16 {
-    let ns = d.as_nanos().max(1) as f64;
-    let position = (ns.log2() - f64::from(FIRST_OCTAVE)) * f64::from(PER_OCTAVE);
-    position.clamp(0.0, (BUCKETS - 1) as f64) as u16
-}
-
-/// The geometric midpoint of a bucket, in seconds.
-fn midpoint_seconds(bucket: u16) -> f64 {
-    let exponent = f64::from(FIRST_OCTAVE) + (f64::from(bucket) + 0.5) / f64::from(PER_OCTAVE);
-    exponent.exp2() / 1e9
+/// The midpoint of a kernel bucket, in seconds.
+pub fn midpoint_seconds(bucket: u16) -> f64 {
+    let (low, high) = latency::bounds(bucket);
+    (low + high) as f64 / 2.0 / 1e9
 }
 
 /// The durations of one second: (bucket, count), sorted by bucket.
@@ -85,19 +75,20 @@ impl DurationWindow {
         self.newest = second;
     }
 
-    /// Adds one duration observed during `second` (not older than the window's newest second).
-    pub fn observe(&mut self, second: u64, duration: Duration) {
+    /// Adds `n` durations of kernel bucket `b` read during `second` (not older than the window's
+    /// newest second).
+    pub fn observe(&mut self, second: u64, b: u16, n: u32) {
+        let b = b.min(latency::BUCKETS - 1);
         self.advance(second);
         let len = self.seconds.len() as u64;
         let slot = &mut self.seconds[(self.newest % len) as usize];
         slot.second = self.newest;
-        let b = bucket(duration);
         match slot.buckets.binary_search_by_key(&b, |&(k, _)| k) {
-            Ok(i) => slot.buckets[i].1 += 1,
-            Err(i) => slot.buckets.insert(i, (b, 1)),
+            Ok(i) => slot.buckets[i].1 += n,
+            Err(i) => slot.buckets.insert(i, (b, n)),
         }
-        self.total[usize::from(b)] += 1;
-        self.count += 1;
+        self.total[usize::from(b)] += n;
+        self.count += u64::from(n);
     }
 
     /// Durations in the window.
@@ -156,11 +147,19 @@ impl DurationClock {
 pub struct FlowWindows([Option<DurationWindow>; Flow::COUNT]);
 
 impl FlowWindows {
-    /// Adds an exchange duration of a flow, read at `now`.
-    pub fn observe(&mut self, clock: &DurationClock, now: Instant, flow: Flow, duration: Duration) {
-        self.0[flow.index()]
-            .get_or_insert_with(|| DurationWindow::new(clock.window))
-            .observe(clock.second(now), duration);
+    /// Adds a flow's exchanges by kernel bucket, read at `now`.
+    pub fn observe(
+        &mut self,
+        clock: &DurationClock,
+        now: Instant,
+        flow: Flow,
+        buckets: &[(u16, u64)],
+    ) {
+        let window = self.0[flow.index()].get_or_insert_with(|| DurationWindow::new(clock.window));
+        let second = clock.second(now);
+        for &(b, n) in buckets {
+            window.observe(second, b, u32::try_from(n).unwrap_or(u32::MAX));
+        }
     }
 
     /// Moves every window to `second`, so that durations older than the window leave it even
@@ -179,7 +178,19 @@ impl FlowWindows {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// The kernel bucket of a duration.
+    fn b(d: Duration) -> u16 {
+        latency::bucket(d.as_nanos() as u64)
+    }
+
+    /// One duration during `second`.
+    fn observe(w: &mut DurationWindow, second: u64, d: Duration) {
+        w.observe(second, b(d), 1);
+    }
 
     fn window(secs: u32) -> DurationWindow {
         DurationWindow::new(RateWindow::try_from(secs).expect("valid window"))
@@ -189,10 +200,10 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// Within the 1.1 % a bucket's midpoint may be off.
+    /// Within the 0.78 % a bucket's midpoint may be off.
     fn near(seconds: f64, expected: Duration) -> bool {
         let e = expected.as_secs_f64();
-        (seconds - e).abs() <= e * 0.011
+        (seconds - e).abs() <= e * 0.0079
     }
 
     #[test]
@@ -207,12 +218,25 @@ mod tests {
             100_000_000_000,
         ] {
             let d = Duration::from_nanos(ns);
-            let m = midpoint_seconds(bucket(d));
+            let m = midpoint_seconds(b(d));
             assert!(near(m, d), "{ns} ns reported as {m} s");
         }
         // Out of range: the first and the last bucket.
-        assert_eq!(bucket(Duration::ZERO), 0);
-        assert_eq!(bucket(Duration::from_secs(3600)) as usize, BUCKETS - 1);
+        assert_eq!(b(Duration::ZERO), 0);
+        assert_eq!(b(Duration::from_secs(3600)) as usize, BUCKETS - 1);
+    }
+
+    #[test]
+    fn every_duration_from_1_us_to_2_min_is_within_0_78_percent_of_its_midpoint() {
+        let mut ns = 1_024u64;
+        while ns < 1 << 37 {
+            let m = midpoint_seconds(latency::bucket(ns)) * 1e9;
+            assert!(
+                (m - ns as f64).abs() <= ns as f64 * 0.0079,
+                "{ns} ns reported as {m} ns"
+            );
+            ns += ns / 97 + 1;
+        }
     }
 
     #[test]
@@ -220,10 +244,10 @@ mod tests {
         let mut w = window(30);
         // 90 fast and 10 slow: p90 is the 90th duration (fast), p95 and p99 are slow.
         for _ in 0..90 {
-            w.observe(0, ms(5));
+            observe(&mut w, 0, ms(5));
         }
         for _ in 0..10 {
-            w.observe(0, ms(200));
+            observe(&mut w, 0, ms(200));
         }
         let s = w.summary().expect("durations");
         assert_eq!(s.exchanges, 100);
@@ -232,14 +256,14 @@ mod tests {
         assert!(near(s.p95_seconds, ms(200)), "{s:?}");
         assert!(near(s.p99_seconds, ms(200)), "{s:?}");
         // One more fast one moves the 90th rank's boundary but not p95.
-        w.observe(0, ms(5));
+        observe(&mut w, 0, ms(5));
         assert!(near(w.quantile(0.95).expect("p95"), ms(200)));
     }
 
     #[test]
     fn a_single_duration_is_every_quantile() {
         let mut w = window(5);
-        w.observe(3, ms(42));
+        observe(&mut w, 3, ms(42));
         for q in [0.01, 0.5, 0.95, 1.0] {
             assert!(near(w.quantile(q).expect("a duration"), ms(42)));
         }
@@ -250,8 +274,8 @@ mod tests {
     #[test]
     fn durations_leave_after_the_window_in_whole_seconds() {
         let mut w = window(5);
-        w.observe(10, ms(100));
-        w.observe(12, ms(1));
+        observe(&mut w, 10, ms(100));
+        observe(&mut w, 12, ms(1));
         // Seconds 10..=14 are the window ending at 14: both are in.
         w.advance(14);
         assert_eq!(w.count(), 2);
@@ -264,7 +288,7 @@ mod tests {
         w.advance(1_000);
         assert_eq!(w.count(), 0);
         assert!(w.total.iter().all(|&n| n == 0));
-        w.observe(1_000, ms(7));
+        observe(&mut w, 1_000, ms(7));
         assert!(near(w.quantile(0.5).expect("p50"), ms(7)));
     }
 
@@ -274,13 +298,13 @@ mod tests {
         // Ten seconds at 10 ms, then ten at 50 ms: after the second ten, only 50 ms is left.
         for s in 0..10 {
             for _ in 0..20 {
-                w.observe(s, ms(10));
+                observe(&mut w, s, ms(10));
             }
         }
         assert!(near(w.quantile(0.95).expect("p95"), ms(10)));
         for s in 10..20 {
             for _ in 0..20 {
-                w.observe(s, ms(50));
+                observe(&mut w, s, ms(50));
             }
             // After k seconds of the slower load, k * 20 of the 200 durations are slow: p95
             // turns slow once more than 5 % are.
@@ -300,15 +324,15 @@ mod tests {
     fn durations_per_pod_and_flow_are_kept_apart_and_forgotten_with_the_pod() {
         let origin = Instant::now();
         let clock = DurationClock::new(RateWindow::DEFAULT, origin);
-        let (mut a, mut b) = (FlowWindows::default(), FlowWindows::default());
-        a.observe(&clock, origin, Flow::Inbound, ms(3));
-        a.observe(&clock, origin, Flow::Outbound, ms(30));
-        b.observe(&clock, origin, Flow::Inbound, ms(300));
+        let (mut a, mut pod_b) = (FlowWindows::default(), FlowWindows::default());
+        a.observe(&clock, origin, Flow::Inbound, &[(b(ms(3)), 1)]);
+        a.observe(&clock, origin, Flow::Outbound, &[(b(ms(30)), 1)]);
+        pod_b.observe(&clock, origin, Flow::Inbound, &[(b(ms(300)), 1)]);
         let p95 = |pod: &FlowWindows, flow| pod.summary(flow).map(|s| s.p95_seconds);
         assert!(near(p95(&a, Flow::Inbound).expect("a in"), ms(3)));
         assert!(near(p95(&a, Flow::Outbound).expect("a out"), ms(30)));
-        assert!(near(p95(&b, Flow::Inbound).expect("b in"), ms(300)));
-        assert_eq!(b.summary(Flow::Outbound), None);
+        assert!(near(p95(&pod_b, Flow::Inbound).expect("b in"), ms(300)));
+        assert_eq!(pod_b.summary(Flow::Outbound), None);
         // The window passes: nothing is left.
         a.advance(clock.second(origin + Duration::from_secs(31)));
         assert_eq!(a.summary(Flow::Inbound), None);

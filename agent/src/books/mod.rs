@@ -20,7 +20,7 @@ use std::{
 
 use self::{
     latency::{DurationClock, DurationSummary, FlowWindows},
-    rates::{FlowRates, RateClock, RateWindow},
+    rates::{PodRates, RateClock, RateWindow},
     routes::{PodRoutes, RouteCap},
     traffic::PodTraffic,
 };
@@ -30,7 +30,7 @@ use crate::{
     exporters::metrics::http::{HttpMetrics, PodSeries, Side},
     fast_map::FastMap,
     identity::PodId,
-    kernel::counters::Counts,
+    kernel::{counters::Counts, flow_sums::FlowDelta, latency_histogram::BucketDeltas},
 };
 
 /// Everything kept about one pod.
@@ -39,7 +39,7 @@ pub struct PodBook {
     traffic: PodTraffic,
     /// Since when none of the pod's cgroups exists; `None` while it lives.
     gone_since: Option<Instant>,
-    rates: FlowRates,
+    rates: PodRates,
     durations: FlowWindows,
     /// Empty when route labels are off.
     routes: PodRoutes,
@@ -80,12 +80,25 @@ fn with_book<R>(
     f(pods.entry(pod.clone()).or_default())
 }
 
+/// A flow's rates at one read.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlowRatesReading {
+    /// Requests per second.
+    pub requests: f64,
+    /// Request payload bytes per second.
+    pub request_bytes: f64,
+    /// Response payload bytes per second.
+    pub response_bytes: f64,
+    /// Average requests in flight.
+    pub concurrency: f64,
+}
+
 /// One book per pod on this node, plus what they share.
 pub struct Books {
     pods: FastMap<PodId, PodBook>,
     /// Sockets in the attached tree that belong to no pod (e.g. processes in the root cgroup).
     unattributed: PodTraffic,
-    unattributed_rates: FlowRates,
+    unattributed_rates: PodRates,
     rate_clock: RateClock,
     duration_clock: DurationClock,
     /// `None` when route labels are off.
@@ -106,7 +119,7 @@ impl Books {
         Self {
             pods: FastMap::default(),
             unattributed: PodTraffic::default(),
-            unattributed_rates: FlowRates::default(),
+            unattributed_rates: PodRates::default(),
             rate_clock: RateClock::new(window, origin),
             duration_clock: DurationClock::new(window, origin),
             route_cap: route_cap.map(RouteCap::new),
@@ -114,24 +127,55 @@ impl Books {
         }
     }
 
-    /// Books one read of the kernel counters, taken at `now`, into totals, rates and series, and
-    /// sets every pod's rate gauges.
-    pub fn book_counts(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Counts)]) {
+    /// Books one read of the kernel counters and flow sums, taken at `now`, into totals, rates and
+    /// series, and sets every pod's rate gauges.
+    pub fn book_counts(
+        &mut self,
+        now: Instant,
+        booked: &[(Option<PodId>, Flow, Counts)],
+        flows: &[(Option<PodId>, Flow, FlowDelta)],
+    ) {
+        let events = self.route_cap.is_some();
         for (pod, flow, delta) in booked {
             let Some(pod) = pod else {
                 self.unattributed.add_counts(*flow, delta);
                 self.unattributed_rates
+                    .requests
                     .add(&self.rate_clock, *flow, delta.requests);
                 continue;
             };
             with_book(&mut self.pods, pod, |book| {
                 book.traffic.add_counts(*flow, delta);
-                book.rates.add(&self.rate_clock, *flow, delta.requests);
+                book.rates
+                    .requests
+                    .add(&self.rate_clock, *flow, delta.requests);
                 if let Some(side) = Side::of(*flow) {
                     let families = self.http.side(side);
                     book.series[side.index()]
                         .get_or_insert_with(|| PodSeries::new(families, pod))
-                        .add_counts(families, delta);
+                        .add_counts(families, delta, !events);
+                }
+            });
+        }
+        for (pod, flow, delta) in flows {
+            let clock = &self.rate_clock;
+            let add = |traffic: &mut PodTraffic, rates: &mut PodRates| {
+                traffic.add_flow(*flow, delta);
+                rates.request_bytes.add(clock, *flow, delta.request_bytes);
+                rates.response_bytes.add(clock, *flow, delta.response_bytes);
+                rates.in_flight_ns.add(clock, *flow, delta.in_flight_ns);
+            };
+            let Some(pod) = pod else {
+                add(&mut self.unattributed, &mut self.unattributed_rates);
+                continue;
+            };
+            with_book(&mut self.pods, pod, |book| {
+                add(&mut book.traffic, &mut book.rates);
+                if let Some(side) = Side::of(*flow) {
+                    let families = self.http.side(side);
+                    book.series[side.index()]
+                        .get_or_insert_with(|| PodSeries::new(families, pod))
+                        .add_flow(delta);
                 }
             });
         }
@@ -144,18 +188,25 @@ impl Books {
         }
         // Pods of one name share their series (a StatefulSet's pod created again while the old
         // one's numbers are kept): their gauge is the sum, not whichever is set last.
-        let counted = || self.pods.iter().filter(|(_, book)| !book.rates.is_empty());
-        let mut by_name: HashMap<(&str, &str), [f64; 2]> = HashMap::new();
+        let counted = || {
+            self.pods
+                .iter()
+                .filter(|(_, book)| !book.rates.requests.is_empty())
+        };
+        let mut by_name: HashMap<(&str, &str), [[f64; 2]; 2]> = HashMap::new();
         for (pod, book) in counted() {
             let sum = by_name.entry((&pod.namespace, &pod.name)).or_default();
-            sum[0] += book.rates.rate(&self.rate_clock, Flow::Inbound);
-            sum[1] += book.rates.rate(&self.rate_clock, Flow::Outbound);
+            for (side, flow) in [(0, Flow::Inbound), (1, Flow::Outbound)] {
+                sum[side][0] += book.rates.requests.rate(&self.rate_clock, flow);
+                sum[side][1] += book.rates.concurrency(&self.rate_clock, flow);
+            }
         }
         for (pod, book) in counted() {
-            let rates = by_name[&(pod.namespace.as_str(), pod.name.as_str())];
-            for (series, rate) in book.series.iter().zip(rates) {
+            let values = by_name[&(pod.namespace.as_str(), pod.name.as_str())];
+            for (series, [rate, concurrency]) in book.series.iter().zip(values) {
                 if let Some(series) = series {
                     series.set_rate(rate);
+                    series.set_concurrency(concurrency);
                 }
             }
         }
@@ -165,6 +216,7 @@ impl Books {
     /// and series, so that totals and Prometheus counters continue across the restart, but not
     /// into the rates, which count only what was served since the previous agent's last read.
     pub fn book_history(&mut self, booked: &[(Option<PodId>, Flow, Counts)]) {
+        let by_method = self.route_cap.is_none();
         for (pod, flow, delta) in booked {
             let Some(pod) = pod else {
                 self.unattributed.add_counts(*flow, delta);
@@ -176,14 +228,39 @@ impl Books {
                     let families = self.http.side(side);
                     book.series[side.index()]
                         .get_or_insert_with(|| PodSeries::new(families, pod))
-                        .add_counts(families, delta);
+                        .add_counts(families, delta, by_method);
                 }
             });
         }
     }
 
-    /// Books paired exchanges read at `now` into totals, durations, routes and series.
-    pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
+    /// Books one read of the kernel's latency histogram, taken at `now`: each flow's exchanges by
+    /// bucket, into duration windows and series (the sockets of no pod get no durations).
+    pub fn book_latency(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, BucketDeltas)]) {
+        for (pod, flow, buckets) in booked {
+            let Some(pod) = pod else {
+                continue;
+            };
+            with_book(&mut self.pods, pod, |book| {
+                book.durations
+                    .observe(&self.duration_clock, now, *flow, buckets);
+                if let Some(side) = Side::of(*flow) {
+                    let families = self.http.side(side);
+                    book.series[side.index()]
+                        .get_or_insert_with(|| PodSeries::new(families, pod))
+                        .observe_durations(families, buckets);
+                }
+            });
+        }
+        let second = self.duration_clock.second(now);
+        for book in self.pods.values_mut() {
+            book.durations.advance(second);
+        }
+    }
+
+    /// Books paired exchanges (events are on only with route labels) into status codes, routes
+    /// and the route-labelled series.
+    pub fn book_exchanges(&mut self, booked: &[(Option<PodId>, Flow, Exchange)]) {
         for (pod, flow, exchange) in booked {
             let Some(pod) = pod else {
                 self.unattributed.add_exchange(*flow, exchange);
@@ -191,10 +268,6 @@ impl Books {
             };
             with_book(&mut self.pods, pod, |book| {
                 book.traffic.add_exchange(*flow, exchange);
-                if let Some(latency) = exchange.latency {
-                    book.durations
-                        .observe(&self.duration_clock, now, *flow, latency);
-                }
                 let Some(side) = Side::of(*flow) else {
                     return;
                 };
@@ -278,7 +351,19 @@ impl Books {
 
     /// Requests per second of a pod's flow at the latest counter read.
     pub fn rate_of(&self, book: &PodBook, flow: Flow) -> f64 {
-        book.rates.rate(&self.rate_clock, flow)
+        book.rates.requests.rate(&self.rate_clock, flow)
+    }
+
+    /// The rates of a pod's flow (or of the sockets of no pod) at the latest counter read.
+    pub fn flow_rates(&self, book: Option<&PodBook>, flow: Flow) -> FlowRatesReading {
+        let rates = book.map_or(&self.unattributed_rates, |b| &b.rates);
+        let clock = &self.rate_clock;
+        FlowRatesReading {
+            requests: rates.requests.rate(clock, flow),
+            request_bytes: rates.request_bytes.rate(clock, flow),
+            response_bytes: rates.response_bytes.rate(clock, flow),
+            concurrency: rates.concurrency(clock, flow),
+        }
     }
 
     /// Requests per second of a pod's flow (`None`: sockets of no pod) at the latest counter read;
@@ -288,7 +373,7 @@ impl Books {
             Some(pod) => self.pods.get(pod).map(|book| &book.rates),
             None => Some(&self.unattributed_rates),
         };
-        rates.map_or(0.0, |r| r.rate(&self.rate_clock, flow))
+        rates.map_or(0.0, |r| r.requests.rate(&self.rate_clock, flow))
     }
 
     /// The length of the window behind every rate and duration.
@@ -349,6 +434,7 @@ mod tests {
         b.book_counts(
             Instant::now(),
             &[(Some(pod.clone()), Flow::Inbound, delta(1, 1))],
+            &[],
         );
     }
 
@@ -357,7 +443,7 @@ mod tests {
         let mut b = books();
         let web = PodId::new("default", "web");
         b.book_history(&[(Some(web.clone()), Flow::Inbound, delta(500, 500))]);
-        b.book_counts(Instant::now(), &[]);
+        b.book_counts(Instant::now(), &[], &[]);
         let book = b.get(&web).expect("book");
         assert_eq!(book.traffic().totals(Flow::Inbound).requests, 500);
         assert_eq!(b.rate(Some(&web), Flow::Inbound), 0.0);

@@ -18,7 +18,7 @@ use crate::{
     },
     health::Health,
     identity::PodId,
-    kernel::counters::Counts,
+    kernel::{counters::Counts, flow_sums::FlowDelta, latency_histogram::BucketDeltas},
 };
 
 /// Everything the API reads.
@@ -33,10 +33,20 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Books one read of the kernel counters, taken at `now`, into totals, rates and series, and
-    /// sets every pod's rate gauges.
-    pub fn book_counts(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Counts)]) {
-        self.books.book_counts(now, booked);
+    /// Books one read of the kernel counters and flow sums, taken at `now`, into totals, rates
+    /// and series, and sets every pod's rate gauges.
+    pub fn book_counts(
+        &mut self,
+        now: Instant,
+        booked: &[(Option<PodId>, Flow, Counts)],
+        flows: &[(Option<PodId>, Flow, FlowDelta)],
+    ) {
+        self.books.book_counts(now, booked, flows);
+    }
+
+    /// Books one read of the kernel's latency histogram, taken at `now`.
+    pub fn book_latency(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, BucketDeltas)]) {
+        self.books.book_latency(now, booked);
     }
 
     /// Books what a previous agent booked (a takeover) into totals and series, not rates.
@@ -44,9 +54,10 @@ impl NodeState {
         self.books.book_history(booked);
     }
 
-    /// Books paired exchanges into totals and series.
-    pub fn book_exchanges(&mut self, now: Instant, booked: &[(Option<PodId>, Flow, Exchange)]) {
-        self.books.book_exchanges(now, booked);
+    /// Books paired exchanges (events are on only with route labels) into status codes and
+    /// route-labelled series.
+    pub fn book_exchanges(&mut self, booked: &[(Option<PodId>, Flow, Exchange)]) {
+        self.books.book_exchanges(booked);
     }
 
     /// Marks which pods still have a cgroup; pods gone for longer than `grace` leave their book
@@ -173,6 +184,7 @@ mod tests {
             s.book_counts(
                 t0 + Duration::from_millis(250 * tick),
                 &[(Some(web.clone()), Flow::Inbound, served(5))],
+                &[],
             );
         }
         let rate = s.books.rate(Some(&web), Flow::Inbound);
@@ -204,14 +216,12 @@ mod tests {
                 (Some(web.clone()), Flow::Inbound, served(3)),
                 (Some(db.clone()), Flow::Inbound, served(1)),
             ],
+            &[],
         );
-        s.book_exchanges(
-            t0 + Duration::from_secs(1),
-            &[
-                (Some(web.clone()), Flow::Inbound, get("/a/1")),
-                (Some(db.clone()), Flow::Inbound, get("/b")),
-            ],
-        );
+        s.book_exchanges(&[
+            (Some(web.clone()), Flow::Inbound, get("/a/1")),
+            (Some(db.clone()), Flow::Inbound, get("/b")),
+        ]);
         assert!(scrape(&registry).contains("route=\"/a/{id}\""));
         let grace = Duration::from_secs(60);
         let alive = |p: &PodId| p == &db;
@@ -252,10 +262,12 @@ mod tests {
         s.book_counts(
             t0 + Duration::from_secs(1),
             &[(Some(old.clone()), Flow::Inbound, served(3))],
+            &[],
         );
         s.book_counts(
             t0 + Duration::from_secs(2),
             &[(Some(new.clone()), Flow::Inbound, served(2))],
+            &[],
         );
         assert_eq!(
             s.books.get(&new).map(|b| b.traffic().inbound.requests),
@@ -272,6 +284,7 @@ mod tests {
         s.book_counts(
             t0 + Duration::from_secs(71),
             &[(Some(new.clone()), Flow::Inbound, served(1))],
+            &[],
         );
         let text = scrape(&registry);
         assert!(
@@ -296,6 +309,7 @@ mod tests {
                 (None, Flow::Inbound, served(4)),
                 (Some(web.clone()), Flow::LoopbackInbound, served(2)),
             ],
+            &[],
         );
         let text = scrape(&registry);
         assert!(

@@ -208,6 +208,37 @@ impl FlowRates {
     }
 }
 
+/// Every running total a pod's (or the sockets of no pod's) rates come from, on the shared
+/// [`RateClock`]: requests, payload bytes each way, and request-nanoseconds in flight (whose rate
+/// is the average concurrency, in ns per s).
+#[derive(Clone, Debug, Default)]
+pub struct PodRates {
+    pub requests: FlowRates,
+    pub request_bytes: FlowRates,
+    pub response_bytes: FlowRates,
+    pub in_flight_ns: FlowRates,
+}
+
+impl PodRates {
+    /// Takes a read's step on every total.
+    pub fn apply(&mut self, step: Step) {
+        for rates in [
+            &mut self.requests,
+            &mut self.request_bytes,
+            &mut self.response_bytes,
+            &mut self.in_flight_ns,
+        ] {
+            rates.apply(step);
+        }
+    }
+
+    /// The average number of requests of a flow in flight over the window: the exact
+    /// time-integral of requests in flight (from the kernel) divided by the span.
+    pub fn concurrency(&self, clock: &RateClock, flow: Flow) -> f64 {
+        self.in_flight_ns.rate(clock, flow) / 1e9
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

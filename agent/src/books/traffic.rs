@@ -1,15 +1,16 @@
-//! Per-pod traffic totals: exact counts from the kernel counters, and what the paired events tell
-//! about methods, outcomes and latency.
+//! Per-pod traffic totals, all exact from the kernel: requests, how exchanges ended, methods,
+//! latency sums and payload bytes; and, when events are on (route labels), the status codes the
+//! paired events tell.
 
 use std::borrow::Cow;
 
-use podmeter_common::status_class;
+use podmeter_common::{method, status_class};
 pub use podmeter_wire::{FlowTotals, Observed, StatusCounts};
 
 use crate::{
     attribution::flow::Flow,
     connections::pairing::{Exchange, Outcome},
-    kernel::counters::Counts,
+    kernel::{counters::Counts, flow_sums::FlowDelta},
 };
 
 /// Adds the kernel's response slots (indexed by `podmeter_common::status_class`).
@@ -29,22 +30,27 @@ pub fn add_counts(totals: &mut FlowTotals, delta: &Counts) {
     add_slots(&mut totals.responses, &delta.responses);
 }
 
-/// Adds one paired exchange to what the events say about a flow. Events can be dropped when the
-/// ring buffer is full (counted in the agent's health), so these may trail the exact totals.
-fn observe(observed: &mut Observed, x: &Exchange) {
-    observed.exchanges += 1;
-    *observed
-        .by_method
-        .entry(Cow::Borrowed(x.method.as_str()))
-        .or_default() += 1;
-    match x.outcome {
-        Outcome::Status(s) => *observed.by_status.entry(s).or_default() += 1,
-        Outcome::NoResponse => observed.no_response += 1,
-        Outcome::Unrecognised => observed.unrecognised_response += 1,
+/// Adds exact counter deltas to what is known of a flow's exchanges: methods and how they ended.
+fn observe_counts(observed: &mut Observed, delta: &Counts) {
+    for (id, &n) in (0u16..).zip(&delta.by_method) {
+        if n == 0 {
+            continue;
+        }
+        if let Some(name) = method::name(id) {
+            *observed.by_method.entry(Cow::Borrowed(name)).or_default() += n;
+        }
     }
-    if let Some(l) = x.latency {
-        observed.latency_seconds_sum += l.as_secs_f64();
-        observed.latency_count += 1;
+    let none = delta.responses[usize::from(status_class::NONE)];
+    let other = delta.responses[usize::from(status_class::OTHER)];
+    observed.exchanges += delta.responses.iter().sum::<u64>() - none;
+    observed.no_response += none;
+    observed.unrecognised_response += other;
+}
+
+/// Adds a paired exchange's status code (events are on only with route labels).
+fn observe(observed: &mut Observed, x: &Exchange) {
+    if let Outcome::Status(s) = x.outcome {
+        *observed.by_status.entry(s).or_default() += 1;
     }
 }
 
@@ -83,17 +89,38 @@ impl PodTraffic {
         }
     }
 
+    /// What is known of a flow's exchanges; loopback flows are not observed apart.
+    fn observed_mut(&mut self, flow: Flow) -> Option<&mut Observed> {
+        match flow {
+            Flow::Inbound => Some(&mut self.observed_inbound),
+            Flow::Outbound => Some(&mut self.observed_outbound),
+            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
+        }
+    }
+
     /// Books exact counter deltas.
     pub fn add_counts(&mut self, flow: Flow, delta: &Counts) {
         add_counts(self.totals_mut(flow), delta);
+        if let Some(observed) = self.observed_mut(flow) {
+            observe_counts(observed, delta);
+        }
     }
 
-    /// Books a paired exchange; loopback exchanges are not observed apart.
+    /// Books what changed in a flow's kernel sums: bytes, and the latency sum and count.
+    pub fn add_flow(&mut self, flow: Flow, delta: &FlowDelta) {
+        let totals = self.totals_mut(flow);
+        totals.request_bytes += delta.request_bytes;
+        totals.response_bytes += delta.response_bytes;
+        if let Some(observed) = self.observed_mut(flow) {
+            observed.latency_seconds_sum += delta.latency_ns as f64 / 1e9;
+            observed.latency_count += delta.responded;
+        }
+    }
+
+    /// Books a paired exchange's status code.
     pub fn add_exchange(&mut self, flow: Flow, x: &Exchange) {
-        match flow {
-            Flow::Inbound => observe(&mut self.observed_inbound, x),
-            Flow::Outbound => observe(&mut self.observed_outbound, x),
-            Flow::LoopbackInbound | Flow::LoopbackOutbound => {}
+        if let Some(observed) = self.observed_mut(flow) {
+            observe(observed, x);
         }
     }
 }

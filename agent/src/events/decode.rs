@@ -31,6 +31,11 @@ impl Method {
         Method::Other,
     ];
 
+    /// The method of a kernel method id (`podmeter_common::method`).
+    pub fn of_kernel(id: u16) -> Self {
+        podmeter_common::method::name(id).map_or(Self::Other, Self::parse)
+    }
+
     pub fn parse(token: &str) -> Self {
         match token {
             "GET" => Self::Get,

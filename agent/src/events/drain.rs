@@ -2,8 +2,6 @@
 //! exchanges attributed to pods, then booked with the drain's own counts into the node state
 //! ([`Drained`]). The agent feeds it from the ring; the pipeline bench from synthetic records.
 
-use std::time::Instant;
-
 use crate::{
     attribution::{self, flow::Flow},
     books::node::NodeState,
@@ -68,13 +66,13 @@ pub struct Drained {
 }
 
 impl Drained {
-    /// Books the exchanges read at `now` and the drain's counts (and the pairing table's) into
-    /// `state`; a drain that read nothing changes nothing.
-    pub fn book(&self, now: Instant, flows: &Flows, state: &mut NodeState) {
+    /// Books the exchanges and the drain's counts (and the pairing table's) into `state`; a drain
+    /// that read nothing changes nothing.
+    pub fn book(&self, flows: &Flows, state: &mut NodeState) {
         if self.received == 0 {
             return;
         }
-        state.book_exchanges(now, &self.booked);
+        state.book_exchanges(&self.booked);
         let h = &mut state.health;
         h.events_received += self.received;
         h.events_malformed += self.malformed;

@@ -70,10 +70,16 @@ fn flows(traffic: &PodTraffic, books: &Books, book: Option<&PodBook>) -> [FlowRe
         Flow::LoopbackInbound,
         Flow::LoopbackOutbound,
     ]
-    .map(|flow| FlowReply {
-        totals: *traffic.totals(flow),
-        rate: book.map_or_else(|| books.rate(None, flow), |b| books.rate_of(b, flow)),
-        duration: book.and_then(|b| b.duration(flow)),
+    .map(|flow| {
+        let rates = books.flow_rates(book, flow);
+        FlowReply {
+            totals: *traffic.totals(flow),
+            rate: rates.requests,
+            duration: book.and_then(|b| b.duration(flow)),
+            concurrency: Some(rates.concurrency),
+            request_bytes_per_second: rates.request_bytes,
+            response_bytes_per_second: rates.response_bytes,
+        }
     })
 }
 

@@ -57,6 +57,22 @@ impl CgroupIndex {
                 .is_some_and(|p| self.root.join(p).is_dir())
     }
 
+    /// Is the cgroup `id` gone, for a kernel map key with that id listed before `listed`? A
+    /// cgroup not indexed yet is not taken for gone: it may have been created since the last scan
+    /// (or before the first one, at the agent's start), and deleting its counters would lose what
+    /// they counted since the last read. An unknown id is looked up in a scan begun after
+    /// `listed` (one scan serves every key listed then): a cgroup that had a key when listed and
+    /// is not in that scan is gone.
+    pub(crate) fn gone(&mut self, id: u64, listed: Instant) -> bool {
+        if Some(id) != self.root_id
+            && !self.paths.contains_key(&id)
+            && self.last_scan.is_none_or(|t| t <= listed)
+        {
+            self.scan();
+        }
+        !self.exists(id)
+    }
+
     /// Forgets the cgroups whose directories are gone and returns their ids.
     pub(crate) fn forget_removed(&mut self) -> Vec<u64> {
         let root = &self.root;
@@ -118,5 +134,28 @@ mod tests {
         );
         assert!(index.forget_removed().contains(&ino));
         assert_eq!(index.path(ino), None);
+    }
+
+    #[test]
+    fn a_cgroup_created_since_the_last_scan_is_not_gone() {
+        let tmp =
+            std::env::temp_dir().join(format!("podmeter-cgroups-gone-test-{}", std::process::id()));
+        let first = tmp.join("default").join("pod-a");
+        std::fs::create_dir_all(&first).expect("create test dirs");
+        let mut index = CgroupIndex::new(&tmp);
+        let first_ino = std::fs::metadata(&first).expect("stat").ino();
+        assert!(index.path(first_ino).is_some(), "scanned");
+        // Created right after that scan, within RESCAN_AFTER: unknown to the index, not gone.
+        let second = tmp.join("default").join("pod-b");
+        std::fs::create_dir_all(&second).expect("create test dir");
+        let second_ino = std::fs::metadata(&second).expect("stat").ino();
+        assert!(!index.gone(second_ino, Instant::now()));
+        assert!(!index.gone(first_ino, Instant::now()));
+        let listed = Instant::now();
+        std::fs::remove_dir(&second).expect("remove test dir");
+        assert!(index.gone(second_ino, listed));
+        // An id in no scan at all.
+        assert!(index.gone(u64::MAX, Instant::now()));
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use podmeter_common::{CountKey, counter, names, stat, status_class};
+use podmeter_common::{CountKey, counter, method, names, stat, status_class};
 
 use crate::{Error, attribution, attribution::flow::Flow, identity::PodId};
 
@@ -20,23 +20,37 @@ pub struct FlowKey {
     pub peer: u16,
 }
 
+impl FlowKey {
+    /// The flow a kernel key belongs to.
+    pub fn of(key: &CountKey) -> Self {
+        Self {
+            cgroup_id: key.cgroup_id,
+            role: key.role,
+            peer: key.peer,
+        }
+    }
+}
+
 /// Requests and how the exchanges ended, for one [`FlowKey`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
     /// Indexed by `podmeter_common::status_class`.
     pub responses: [u64; status_class::COUNT],
+    /// Requests by `podmeter_common::method` id.
+    pub by_method: [u64; method::COUNT as usize],
+    /// Ended exchanges by method id, then status class.
+    pub ended: [[u64; status_class::COUNT]; method::COUNT as usize],
 }
 
 impl Counts {
-    fn add(&mut self, counter_kind: u16, value: u64) {
-        if counter_kind == counter::REQUESTS {
+    pub(crate) fn add(&mut self, counter_kind: u16, value: u64) {
+        if let Some(m) = counter::method_of(counter_kind) {
             self.requests += value;
-        } else if let Some(slot) = self
-            .responses
-            .get_mut(usize::from(counter_kind - counter::responses(0)))
-        {
-            *slot += value;
+            self.by_method[usize::from(m)] += value;
+        } else if let Some((m, class)) = counter::response_of(counter_kind) {
+            self.responses[usize::from(class)] += value;
+            self.ended[usize::from(m)][usize::from(class)] += value;
         }
     }
 }
@@ -94,12 +108,10 @@ impl Deltas {
             let before = self.last.insert(*key, *now).unwrap_or(0);
             let delta = if *now >= before { now - before } else { *now };
             if delta > 0 {
-                let flow = FlowKey {
-                    cgroup_id: key.cgroup_id,
-                    role: key.role,
-                    peer: key.peer,
-                };
-                changed.entry(flow).or_default().add(key.counter, delta);
+                changed
+                    .entry(FlowKey::of(key))
+                    .or_default()
+                    .add(key.counter, delta);
             }
         }
         let mut out: Vec<_> = changed.into_iter().collect();
@@ -148,30 +160,27 @@ mod tests {
         }
     }
 
+    const GET: u16 = counter::requests(method::GET);
+    const OK: u16 = counter::responses(method::GET, 2);
+
+    /// `requests` GETs of which `ok` ended 2xx.
     fn counts(requests: u64, ok: u64) -> Counts {
-        let mut c = Counts {
-            requests,
-            ..Counts::default()
-        };
-        c.responses[2] = ok;
+        let mut c = Counts::default();
+        c.add(GET, requests);
+        c.add(OK, ok);
         c
     }
-
-    const OK: u16 = counter::responses(2);
 
     #[test]
     fn first_read_books_everything_then_only_changes() {
         let mut d = Deltas::default();
         assert_eq!(
-            d.update(&[(key(counter::REQUESTS), 5), (key(OK), 4)]),
+            d.update(&[(key(GET), 5), (key(OK), 4)]),
             vec![(FLOW, counts(5, 4))]
         );
+        assert_eq!(d.update(&[(key(GET), 5), (key(OK), 4)]), vec![]);
         assert_eq!(
-            d.update(&[(key(counter::REQUESTS), 5), (key(OK), 4)]),
-            vec![]
-        );
-        assert_eq!(
-            d.update(&[(key(counter::REQUESTS), 8), (key(OK), 8)]),
+            d.update(&[(key(GET), 8), (key(OK), 8)]),
             vec![(FLOW, counts(3, 4))]
         );
     }
@@ -179,12 +188,9 @@ mod tests {
     #[test]
     fn recreated_counter_counts_from_zero() {
         let mut d = Deltas::default();
-        d.update(&[(key(counter::REQUESTS), 100)]);
-        d.forget(&key(counter::REQUESTS));
-        assert_eq!(
-            d.update(&[(key(counter::REQUESTS), 2)]),
-            vec![(FLOW, counts(2, 0))]
-        );
+        d.update(&[(key(GET), 100)]);
+        d.forget(&key(GET));
+        assert_eq!(d.update(&[(key(GET), 2)]), vec![(FLOW, counts(2, 0))]);
     }
 
     #[test]
@@ -197,7 +203,29 @@ mod tests {
     #[test]
     fn unknown_counter_kinds_are_ignored() {
         let mut c = Counts::default();
-        c.add(counter::responses(status_class::COUNT as u16), 5);
+        c.add(
+            counter::responses(method::GET, status_class::COUNT as u16),
+            5,
+        );
+        c.add(counter::responses(method::COUNT, 0), 5);
+        c.add(counter::requests(0), 5);
+        c.add(counter::requests(method::COUNT), 5);
         assert_eq!(c, Counts::default());
+    }
+
+    #[test]
+    fn methods_and_classes_add_up() {
+        let mut c = Counts::default();
+        c.add(counter::requests(method::GET), 3);
+        c.add(counter::requests(method::POST), 2);
+        c.add(counter::responses(method::GET, 2), 3);
+        c.add(counter::responses(method::POST, 5), 1);
+        c.add(counter::responses(method::POST, status_class::NONE), 1);
+        assert_eq!(c.requests, 5);
+        assert_eq!(c.responses[2], 3);
+        assert_eq!(c.responses[5], 1);
+        assert_eq!(c.responses[0], 1);
+        assert_eq!(c.by_method[usize::from(method::POST)], 2);
+        assert_eq!(c.ended[usize::from(method::POST)][5], 1);
     }
 }

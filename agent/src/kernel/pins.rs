@@ -29,23 +29,25 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, Map, MapData},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps, links::FdLink},
 };
 use podmeter_common::{CountKey, names};
 use tracing::{info, warn};
 
-use super::programs::{MapSizes, OBJECT, Probes, program_error, take_map};
+use super::programs::{MapSizes, OBJECT, Probes, loader, program_error};
 use crate::Error;
 
 /// Version of what is pinned: the maps' key and value layouts, the META slots and the checkpoint's
 /// meaning. Bump it with any change to them; pins of another version are replaced, not read.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Maps of the eBPF object pinned by name: the programs and the agent share them.
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 7] = [
     names::COUNTS,
+    names::FLOWS,
+    names::LATENCY,
     names::STATS,
     names::CONNECTIONS,
     names::PENDING,
@@ -174,17 +176,20 @@ pub struct PinnedProbes {
 /// them to `cgroup` through pinned links, taking over a previous agent's pins.
 pub fn attach(cgroup: &Path, sizes: &MapSizes, dir: &Path) -> Result<PinnedProbes, Error> {
     let parent = dir.parent().unwrap_or(dir);
+    // `--bpffs-dir` may be made below a bpffs mount; anywhere else (e.g. a node without
+    // /sys/fs/bpf mounted) say so rather than fail on the mkdir.
+    if !parent.exists()
+        && let Some(mount) = parent.parent()
+    {
+        check_bpffs(mount)?;
+    }
     std::fs::create_dir_all(parent).map_err(io_at(parent))?;
     check_bpffs(parent)?;
     let mut previous = previous_checkpoint_ns(dir)?;
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
 
     let load_object = || {
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::EVENTS, sizes.ring_bytes)
-            .map_max_entries(names::CONNECTIONS, sizes.connections)
-            .map_max_entries(names::COUNTS, sizes.counters);
+        let mut loader = loader(sizes);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -212,7 +217,8 @@ pub fn attach(cgroup: &Path, sizes: &MapSizes, dir: &Path) -> Result<PinnedProbe
     };
 
     let (mut checkpoint, old_build, history) = open_checkpoint(dir, sizes, previous)?;
-    let build = build_hash();
+    // Events on or off is fixed in the program at load: a kept program must have the same.
+    let build = build_hash().wrapping_add(u64::from(sizes.events));
     let cgroup_dir = File::open(cgroup).map_err(|source| Error::OpenCgroup {
         path: cgroup.to_owned(),
         source,
@@ -258,16 +264,8 @@ pub fn attach(cgroup: &Path, sizes: &MapSizes, dir: &Path) -> Result<PinnedProbe
         }
     }
 
-    let counts = take_map(&mut ebpf, names::COUNTS)?;
-    let stats = take_map(&mut ebpf, names::STATS)?;
-    let events = take_map(&mut ebpf, names::EVENTS)?;
     Ok(PinnedProbes {
-        probes: Probes {
-            programs: ebpf,
-            counts,
-            stats,
-            events,
-        },
+        probes: Probes::take_maps(ebpf)?,
         checkpoint,
         history,
     })
@@ -613,11 +611,28 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<PathBuf>, Error> {
             removed.extend(remove_dir(&path)?);
         }
     }
-    // Not empty: someone else's pins share the directory (or it is the bpffs root): keep it.
-    if std::fs::remove_dir(bpffs_dir).is_ok() {
-        removed.push(bpffs_dir.to_owned());
+    removed.extend(remove_if_empty(bpffs_dir));
+    Ok(removed)
+}
+
+/// What `podmeter agent-uninstall` does, for one cgroup root's directory `dir` (from [`dir_of`]):
+/// the agent's own uninstall at exit, which leaves other cgroup roots' pins alone. Detaches and
+/// unpins everything under `dir`, removes it, then its parent (the `--bpffs-dir`) if that left it
+/// empty. Returns what was removed.
+pub fn uninstall_root(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut removed = remove_dir(dir)?;
+    if let Some(bpffs_dir) = dir.parent() {
+        removed.extend(remove_if_empty(bpffs_dir));
     }
     Ok(removed)
+}
+
+/// Removes `bpffs_dir` if it is empty. Not empty: someone else's pins share the directory (or it
+/// is the bpffs root): it stays.
+fn remove_if_empty(bpffs_dir: &Path) -> Option<PathBuf> {
+    std::fs::remove_dir(bpffs_dir)
+        .is_ok()
+        .then(|| bpffs_dir.to_owned())
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use std::{fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps},
 };
-use podmeter_common::{CountKey, names};
+use podmeter_common::{CountKey, FlowSums, names};
 
 use crate::Error;
 
@@ -30,6 +30,9 @@ pub struct MapSizes {
     pub connections: u32,
     /// Counter entries: (cgroup, role, peer, counter kind).
     pub counters: u32,
+    /// Whether the programs write per-request events (route labels need them; nothing else
+    /// does). Not a size, but fixed at load like the sizes.
+    pub events: bool,
 }
 
 impl Default for MapSizes {
@@ -41,6 +44,7 @@ impl Default for MapSizes {
             connections: 131_072,
             // Up to 32 counters per cgroup (2 roles x 2 peer classes x 8 kinds) for 2k cgroups.
             counters: 65_536,
+            events: false,
         }
     }
 }
@@ -50,19 +54,40 @@ pub struct Probes {
     /// The programs and their links: dropping it detaches them.
     pub programs: Ebpf,
     pub counts: PerCpuHashMap<MapData, CountKey, u64>,
+    /// Per-flow sums: in-flight integral, latency sum, bytes.
+    pub flows: PerCpuHashMap<MapData, CountKey, FlowSums>,
+    /// The latency histogram's buckets.
+    pub latency: HashMap<MapData, CountKey, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
+}
+
+/// A loader for the object with `sizes` applied.
+pub(super) fn loader(sizes: &MapSizes) -> EbpfLoader<'static> {
+    static EVENTS_OFF: u32 = 0;
+    static EVENTS_ON: u32 = 1;
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::EVENTS, sizes.ring_bytes)
+        .map_max_entries(names::CONNECTIONS, sizes.connections)
+        .map_max_entries(names::COUNTS, sizes.counters)
+        .override_global(
+            names::EVENTS_ON,
+            if sizes.events {
+                &EVENTS_ON
+            } else {
+                &EVENTS_OFF
+            },
+            true,
+        );
+    loader
 }
 
 impl Probes {
     /// Loads the programs and attaches them to `cgroup`, which then observes every socket of
     /// every process in it and in its descendants.
     pub fn attach(cgroup: &Path, sizes: &MapSizes) -> Result<Self, Error> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EVENTS, sizes.ring_bytes)
-            .map_max_entries(names::CONNECTIONS, sizes.connections)
-            .map_max_entries(names::COUNTS, sizes.counters)
-            .load(OBJECT)?;
+        let mut ebpf = loader(sizes).load(OBJECT)?;
         let dir = File::open(cgroup).map_err(|source| Error::OpenCgroup {
             path: cgroup.to_owned(),
             source,
@@ -96,14 +121,18 @@ impl Probes {
             .attach(&dir, CgroupAttachMode::Single)
             .map_err(|source| program_error(names::SOCK_OPS, source))?;
 
-        let counts = take_map(&mut ebpf, names::COUNTS)?;
-        let stats = take_map(&mut ebpf, names::STATS)?;
-        let events = take_map(&mut ebpf, names::EVENTS)?;
+        Self::take_maps(ebpf)
+    }
+
+    /// Takes the maps the agent reads out of a loaded object.
+    pub(super) fn take_maps(mut ebpf: Ebpf) -> Result<Self, Error> {
         Ok(Self {
+            counts: take_map(&mut ebpf, names::COUNTS)?,
+            flows: take_map(&mut ebpf, names::FLOWS)?,
+            latency: take_map(&mut ebpf, names::LATENCY)?,
+            stats: take_map(&mut ebpf, names::STATS)?,
+            events: take_map(&mut ebpf, names::EVENTS)?,
             programs: ebpf,
-            counts,
-            stats,
-            events,
         })
     }
 }

@@ -10,13 +10,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use podmeter_wire::PodsReply;
+use podmeter_wire::{FlowTotals, PodsReply};
 use tokio::{sync::watch as channel, task::JoinSet};
 
 pub(super) use super::agent_client::AgentClient;
 use super::labels::PodLabels;
 use crate::{
-    HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
+    HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_CONCURRENCY,
+    HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
 };
 
 /// How often and how patiently the agents are read.
@@ -70,6 +71,16 @@ fn snapshot(
                     sample(d.p95_seconds),
                 );
             }
+            // `null` before the agent has two reads, and from older agents: no value, not 0.
+            if let Some(concurrency) = pod.inbound.concurrency {
+                values.insert(HTTP_REQUESTS_CONCURRENCY.to_owned(), sample(concurrency));
+            }
+            if counts_bytes(&pod.inbound.totals) {
+                values.insert(
+                    HTTP_REQUEST_BYTES_PER_SECOND.to_owned(),
+                    sample(pod.inbound.request_bytes_per_second),
+                );
+            }
             pods.insert(
                 (pod.namespace.clone(), pod.name.clone()),
                 PodSample {
@@ -85,6 +96,14 @@ fn snapshot(
         by_namespace.entry(namespace).or_default().push(sample);
     }
     by_namespace
+}
+
+/// Whether the agent counts request bytes for this flow. An agent older than the byte counters
+/// answers 0 bytes (the fields' default) however many requests it counted; every request an
+/// agent that counts bytes counted carried some, so requests without bytes mean "not counted",
+/// which is served as no value (missing to the HPA) rather than as 0 B/s.
+fn counts_bytes(totals: &FlowTotals) -> bool {
+    totals.requests == 0 || totals.request_bytes > 0
 }
 
 /// Reads the bearer token for the agents from `path` (trimmed); `None` without a path or when
@@ -170,9 +189,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use podmeter_wire::{
-        DurationSummary, FlowReply, FlowTotals, ObservedReply, PodReply, UnattributedReply,
-    };
+    use podmeter_wire::{DurationSummary, FlowReply, ObservedReply, PodReply, UnattributedReply};
 
     use super::*;
 
@@ -181,6 +198,7 @@ mod tests {
             totals: FlowTotals::default(),
             rate,
             duration,
+            ..FlowReply::default()
         }
     }
 
@@ -294,5 +312,95 @@ mod tests {
         assert_eq!(idle.name, "idle");
         assert!(!idle.values.contains_key(HTTP_REQUEST_DURATION_SECONDS_P95));
         assert!(idle.values.contains_key(HTTP_REQUESTS_PER_SECOND));
+    }
+
+    /// The snapshot of one fresh answer with a 30 s window.
+    fn one_answer(pods: Vec<PodReply>) -> BTreeMap<String, Vec<PodSample>> {
+        let now = Instant::now();
+        let answers = HashMap::from([(
+            "http://a".to_owned(),
+            Answer {
+                received: now,
+                timestamp: SystemTime::now(),
+                reply: reply(30, pods),
+            },
+        )]);
+        snapshot(&answers, &PodLabels::default(), now, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn concurrency_is_served_when_the_agent_has_it_and_absent_when_null() {
+        let busy = FlowReply {
+            concurrency: Some(2.375),
+            ..flow(20.0, None)
+        };
+        let idle = FlowReply {
+            concurrency: Some(0.0),
+            ..flow(0.0, None)
+        };
+        let pods = one_answer(vec![
+            pod("shop", "busy", busy),
+            pod("shop", "idle", idle),
+            // Before the agent's second read, and from agents older than the field.
+            pod("shop", "new", flow(0.0, None)),
+        ]);
+        let [busy, idle, new] = &pods["shop"][..] else {
+            panic!("three pods: {pods:?}");
+        };
+        let concurrency = &busy.values[HTTP_REQUESTS_CONCURRENCY];
+        assert!((concurrency.value - 2.375).abs() < f64::EPSILON);
+        assert_eq!(concurrency.window, Some(Duration::from_secs(30)));
+        // A measured 0 is a value (nothing in flight); null is none, not a guessed 0.
+        assert_eq!(idle.values[HTTP_REQUESTS_CONCURRENCY].value, 0.0);
+        assert_eq!(new.name, "new");
+        assert!(!new.values.contains_key(HTTP_REQUESTS_CONCURRENCY));
+        assert!(new.values.contains_key(HTTP_REQUESTS_PER_SECOND));
+    }
+
+    #[test]
+    fn request_bytes_are_served_unless_the_agent_does_not_count_them() {
+        let counted = FlowReply {
+            totals: FlowTotals {
+                requests: 40,
+                request_bytes: 6_000,
+                response_bytes: 80_000,
+                ..FlowTotals::default()
+            },
+            request_bytes_per_second: 1_536.5,
+            response_bytes_per_second: 20_000.0,
+            ..flow(10.0, None)
+        };
+        let older_agent = FlowReply {
+            totals: FlowTotals {
+                requests: 40,
+                ..FlowTotals::default()
+            },
+            ..flow(10.0, None)
+        };
+        let pods = one_answer(vec![
+            pod("shop", "counted", counted),
+            pod("shop", "never-called", flow(0.0, None)),
+            pod("shop", "older-agent", older_agent),
+        ]);
+        let [counted, never_called, older_agent] = &pods["shop"][..] else {
+            panic!("three pods: {pods:?}");
+        };
+        // Inbound request bytes, not response bytes.
+        let bytes = &counted.values[HTTP_REQUEST_BYTES_PER_SECOND];
+        assert!((bytes.value - 1_536.5).abs() < f64::EPSILON);
+        assert_eq!(bytes.window, Some(Duration::from_secs(30)));
+        // No request ever: truly 0 B/s.
+        assert_eq!(
+            never_called.values[HTTP_REQUEST_BYTES_PER_SECOND].value,
+            0.0
+        );
+        // Requests without bytes: an agent that does not count them; missing, not 0.
+        assert_eq!(older_agent.name, "older-agent");
+        assert!(
+            !older_agent
+                .values
+                .contains_key(HTTP_REQUEST_BYTES_PER_SECOND)
+        );
+        assert!(older_agent.values.contains_key(HTTP_REQUESTS_PER_SECOND));
     }
 }

@@ -67,7 +67,17 @@ async fn groups() {
 async fn custom_resource_lists_both_versions() {
     // resource_lister.go: "{resource}/{metric}", singularName "", kind MetricValueList,
     // verbs [get]; namespace metrics are not namespaced.
-    let resources = r#""resources":[{"name":"pods/http_requests_per_second","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]},{"name":"namespaces/http_requests_per_second","singularName":"","namespaced":false,"kind":"MetricValueList","verbs":["get"]},{"name":"pods/http_request_duration_seconds_p95","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]}]"#;
+    let resources = concat!(
+        r#""resources":["#,
+        r#"{"name":"pods/http_requests_per_second","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"namespaces/http_requests_per_second","singularName":"","namespaced":false,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"pods/http_request_duration_seconds_p95","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"pods/http_requests_concurrency","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"namespaces/http_requests_concurrency","singularName":"","namespaced":false,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"pods/http_request_bytes_per_second","singularName":"","namespaced":true,"kind":"MetricValueList","verbs":["get"]},"#,
+        r#"{"name":"namespaces/http_request_bytes_per_second","singularName":"","namespaced":false,"kind":"MetricValueList","verbs":["get"]}"#,
+        "]"
+    );
     for version in ["v1beta1", "v1beta2"] {
         assert_golden(
             &format!("/apis/custom.metrics.k8s.io/{version}"),
@@ -85,7 +95,13 @@ async fn external_resource_list() {
     assert_golden(
         "/apis/external.metrics.k8s.io/v1beta1",
         StatusCode::OK,
-        r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"external.metrics.k8s.io/v1beta1","resources":[{"name":"http_requests_per_second","singularName":"","namespaced":true,"kind":"ExternalMetricValueList","verbs":["get"]}]}"#,
+        concat!(
+            r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"external.metrics.k8s.io/v1beta1","resources":["#,
+            r#"{"name":"http_requests_per_second","singularName":"","namespaced":true,"kind":"ExternalMetricValueList","verbs":["get"]},"#,
+            r#"{"name":"http_requests_concurrency","singularName":"","namespaced":true,"kind":"ExternalMetricValueList","verbs":["get"]},"#,
+            r#"{"name":"http_request_bytes_per_second","singularName":"","namespaced":true,"kind":"ExternalMetricValueList","verbs":["get"]}"#,
+            "]}"
+        ),
     )
     .await;
 }
@@ -261,6 +277,171 @@ async fn external_metric_is_the_total_over_the_selected_pods() {
     .await;
 }
 
+/// The HPA's call for the concurrency of app=web's pods, both versions.
+const CONCURRENCY_QUERY: &str =
+    "namespaces/default/pods/%2A/http_requests_concurrency?labelSelector=app%3Dweb";
+
+#[tokio::test]
+async fn concurrency_per_pod_both_versions_without_pods_whose_agent_has_none() {
+    // web-1 averaged 1.2345 requests in flight: 1234m, truncated as the other metrics are. web-2's
+    // agent answered `concurrency: null`: it is left out (missing to the HPA), not served as 0.
+    assert_golden(
+        &format!("/apis/custom.metrics.k8s.io/v1beta1/{CONCURRENCY_QUERY}"),
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta1","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-1","apiVersion":"/v1"},"metricName":"http_requests_concurrency","timestamp":"2024-01-29T18:21:27Z","window":30,"value":"1234m","selector":null}"#,
+            "]}"
+        ),
+    )
+    .await;
+    assert_golden(
+        &format!("/apis/custom.metrics.k8s.io/v1beta2/{CONCURRENCY_QUERY}"),
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-1","apiVersion":"/v1"},"metric":{"name":"http_requests_concurrency","selector":null},"timestamp":"2024-01-29T18:21:27Z","windowSeconds":30,"value":"1234m"}"#,
+            "]}"
+        ),
+    )
+    .await;
+    // Every pod of the namespace with a value, without a selector.
+    let (status, body) = get(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests_concurrency",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<_> = ["db-1", "web-1", "web-2", "web-3"]
+        .into_iter()
+        .filter(|n| body.contains(&format!("\"name\":\"{n}\"")))
+        .collect();
+    assert_eq!(names, ["db-1", "web-1"], "{body}");
+    assert!(body.contains(r#""value":"500m""#), "{body}");
+}
+
+#[tokio::test]
+async fn one_pod_concurrency_both_versions_and_not_found_when_null() {
+    assert_golden(
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/db-1/http_requests_concurrency",
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta1","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"db-1","apiVersion":"/v1"},"metricName":"http_requests_concurrency","timestamp":"2024-01-29T18:21:27Z","window":30,"value":"500m","selector":null}"#,
+            "]}"
+        ),
+    )
+    .await;
+    assert_golden(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/db-1/http_requests_concurrency",
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"db-1","apiVersion":"/v1"},"metric":{"name":"http_requests_concurrency","selector":null},"timestamp":"2024-01-29T18:21:27Z","windowSeconds":30,"value":"500m"}"#,
+            "]}"
+        ),
+    )
+    .await;
+    for version in ["v1beta1", "v1beta2"] {
+        assert_golden(
+            &format!(
+                "/apis/custom.metrics.k8s.io/{version}/namespaces/default/pods/web-2/http_requests_concurrency"
+            ),
+            StatusCode::NOT_FOUND,
+            &not_found(
+                "the server could not find the metric http_requests_concurrency for pods web-2",
+            ),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn request_bytes_per_pod_both_versions() {
+    let query = "namespaces/default/pods/%2A/http_request_bytes_per_second?labelSelector=app%3Dweb";
+    assert_golden(
+        &format!("/apis/custom.metrics.k8s.io/v1beta1/{query}"),
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta1","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-1","apiVersion":"/v1"},"metricName":"http_request_bytes_per_second","timestamp":"2024-01-29T18:21:27Z","window":30,"value":"2048500m","selector":null},"#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-2","apiVersion":"/v1"},"metricName":"http_request_bytes_per_second","timestamp":"2024-01-29T18:21:22Z","window":30,"value":"12k","selector":null}"#,
+            "]}"
+        ),
+    )
+    .await;
+    assert_golden(
+        &format!("/apis/custom.metrics.k8s.io/v1beta2/{query}"),
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-1","apiVersion":"/v1"},"metric":{"name":"http_request_bytes_per_second","selector":null},"timestamp":"2024-01-29T18:21:27Z","windowSeconds":30,"value":"2048500m"},"#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"web-2","apiVersion":"/v1"},"metric":{"name":"http_request_bytes_per_second","selector":null},"timestamp":"2024-01-29T18:21:22Z","windowSeconds":30,"value":"12k"}"#,
+            "]}"
+        ),
+    )
+    .await;
+    assert_golden(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/db-1/http_request_bytes_per_second",
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{},"items":["#,
+            r#"{"describedObject":{"kind":"Pod","namespace":"default","name":"db-1","apiVersion":"/v1"},"metric":{"name":"http_request_bytes_per_second","selector":null},"timestamp":"2024-01-29T18:21:27Z","windowSeconds":30,"value":"300"}"#,
+            "]}"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrency_and_request_bytes_add_up_per_namespace_and_as_external_metrics() {
+    // Concurrency: 1234m + 500m (web-2 has none and adds nothing); bytes: 2048500m + 12k + 300.
+    for (metric, timestamp, value) in [
+        ("http_requests_concurrency", "2024-01-29T18:21:27Z", "1734m"),
+        (
+            "http_request_bytes_per_second",
+            "2024-01-29T18:21:22Z",
+            "14348500m",
+        ),
+    ] {
+        let v1beta1 = format!(
+            r#"{{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta1","metadata":{{}},"items":[{{"describedObject":{{"kind":"Namespace","name":"default","apiVersion":"/v1"}},"metricName":"{metric}","timestamp":"{timestamp}","window":30,"value":"{value}","selector":null}}]}}"#
+        );
+        let v1beta2 = format!(
+            r#"{{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{{}},"items":[{{"describedObject":{{"kind":"Namespace","name":"default","apiVersion":"/v1"}},"metric":{{"name":"{metric}","selector":null}},"timestamp":"{timestamp}","windowSeconds":30,"value":"{value}"}}]}}"#
+        );
+        for (version, expected) in [("v1beta1", &v1beta1), ("v1beta2", &v1beta2)] {
+            assert_golden(
+                &format!(
+                    "/apis/custom.metrics.k8s.io/{version}/namespaces/default/metrics/{metric}"
+                ),
+                StatusCode::OK,
+                expected,
+            )
+            .await;
+        }
+    }
+    assert_golden(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_concurrency?labelSelector=app%3Dweb",
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"ExternalMetricValueList","apiVersion":"external.metrics.k8s.io/v1beta1","metadata":{},"items":["#,
+            r#"{"metricName":"http_requests_concurrency","metricLabels":{"app":"web"},"timestamp":"2024-01-29T18:21:27Z","window":30,"value":"1234m"}"#,
+            "]}"
+        ),
+    )
+    .await;
+    assert_golden(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_request_bytes_per_second?labelSelector=app%3Dweb",
+        StatusCode::OK,
+        concat!(
+            r#"{"kind":"ExternalMetricValueList","apiVersion":"external.metrics.k8s.io/v1beta1","metadata":{},"items":["#,
+            r#"{"metricName":"http_request_bytes_per_second","metricLabels":{"app":"web"},"timestamp":"2024-01-29T18:21:22Z","window":30,"value":"14048500m"}"#,
+            "]}"
+        ),
+    )
+    .await;
+}
+
 fn not_found(message: &str) -> String {
     format!(
         r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"{message}","reason":"NotFound","code":404}}"#
@@ -316,6 +497,23 @@ async fn unknown_metrics_and_objects_are_not_found() {
         (
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_per_second?labelSelector=app%3Dnone",
             "the server could not find the metric http_requests_per_second for provided labels",
+        ),
+        (
+            "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/services/web/http_requests_concurrency",
+            "the server could not find the metric http_requests_concurrency for services",
+        ),
+        (
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/web-3/http_request_bytes_per_second",
+            "the server could not find the metric http_request_bytes_per_second for pods web-3",
+        ),
+        (
+            // Only x, whose agent answered no concurrency, lives in `other`.
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/other/metrics/http_requests_concurrency",
+            "the server could not find the metric http_requests_concurrency for namespaces other",
+        ),
+        (
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/other/http_request_bytes_per_second",
+            "the server could not find the metric http_request_bytes_per_second for provided labels",
         ),
     ];
     for (uri, message) in cases {

@@ -13,8 +13,8 @@ use axum::{
 use tower::ServiceExt as _;
 
 use crate::source::{
-    HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
-    podmeter_metrics,
+    HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_CONCURRENCY,
+    HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample, podmeter_metrics,
 };
 
 /// 2024-01-29T18:21:27Z
@@ -47,7 +47,9 @@ pub(crate) fn pod(name: &str, labels: &[(&str, &str)], values: &[(&str, Sample)]
 }
 
 /// `default`: web-1 and web-2 (app=web) serve 25.5 and 24.5 req/s, db-1 3 req/s; web-3 has no
-/// sample (its agent went stale). `other`: one pod.
+/// sample (its agent went stale). Concurrency: web-1 1.2345, db-1 0.5, web-2 none (its agent
+/// answered `null`). Request bytes per second: web-1 2048.5, web-2 12000, db-1 300. `other`:
+/// one pod.
 pub(crate) fn fixture() -> Arc<MemorySource> {
     let source = MemorySource::new(podmeter_metrics());
     source.set_namespace(
@@ -59,6 +61,7 @@ pub(crate) fn fixture() -> Arc<MemorySource> {
                 &[
                     (HTTP_REQUESTS_PER_SECOND, sample(24.5, T - 5)),
                     (HTTP_REQUEST_DURATION_SECONDS_P95, sample(0.2, T - 5)),
+                    (HTTP_REQUEST_BYTES_PER_SECOND, sample(12_000.0, T - 5)),
                 ],
             ),
             pod(
@@ -67,12 +70,18 @@ pub(crate) fn fixture() -> Arc<MemorySource> {
                 &[
                     (HTTP_REQUESTS_PER_SECOND, sample(25.5, T)),
                     (HTTP_REQUEST_DURATION_SECONDS_P95, sample(0.0125, T)),
+                    (HTTP_REQUESTS_CONCURRENCY, sample(1.2345, T)),
+                    (HTTP_REQUEST_BYTES_PER_SECOND, sample(2_048.5, T)),
                 ],
             ),
             pod(
                 "db-1",
                 &[("app", "db")],
-                &[(HTTP_REQUESTS_PER_SECOND, sample(3.0, T))],
+                &[
+                    (HTTP_REQUESTS_PER_SECOND, sample(3.0, T)),
+                    (HTTP_REQUESTS_CONCURRENCY, sample(0.5, T)),
+                    (HTTP_REQUEST_BYTES_PER_SECOND, sample(300.0, T)),
+                ],
             ),
             pod("web-3", &[("app", "web")], &[]),
         ],

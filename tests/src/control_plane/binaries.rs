@@ -1,4 +1,5 @@
-//! Finding the etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet binaries,
+//! Finding the etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+//! kube-proxy binaries,
 //! and building the Kubernetes ones with `scripts/k8s-control-plane.sh` when the default cache is
 //! incomplete.
 
@@ -24,6 +25,8 @@ pub(crate) struct Binaries {
     pub(super) scheduler: PathBuf,
     /// Not run by the control plane itself: [`crate::node::RealNode`] runs it.
     pub(crate) kubelet: PathBuf,
+    /// Likewise run by [`crate::node::RealNode`].
+    pub(crate) kube_proxy: PathBuf,
     pub(super) etcd: PathBuf,
 }
 
@@ -37,11 +40,18 @@ impl Binaries {
         let controller_manager = dir.join("kube-controller-manager");
         let scheduler = dir.join("kube-scheduler");
         let kubelet = dir.join("kubelet");
+        let kube_proxy = dir.join("kube-proxy");
         let etcd_override = std::env::var_os(ETCD_BIN_ENV).map(PathBuf::from);
         let missing = || {
             let etcd = etcd_override.clone().or_else(|| find_on_path("etcd"));
             let mut missing = Vec::new();
-            for binary in [&apiserver, &controller_manager, &scheduler, &kubelet] {
+            for binary in [
+                &apiserver,
+                &controller_manager,
+                &scheduler,
+                &kubelet,
+                &kube_proxy,
+            ] {
                 if !is_executable(binary) {
                     missing.push(binary.display().to_string());
                 }
@@ -83,6 +93,7 @@ impl Binaries {
             controller_manager,
             scheduler,
             kubelet,
+            kube_proxy,
             etcd: etcd.context("etcd")?,
         })
     }
@@ -95,7 +106,7 @@ fn run_build_script() -> Result<()> {
         .join("scripts/k8s-control-plane.sh");
     eprintln!(
         "podmeter-tests: Kubernetes binaries missing from {}; running {} \
-         (the first build takes 9 to 13 minutes)",
+         (the first build takes 5 to 13 minutes)",
         cache_bin_dir().display(),
         script.display()
     );

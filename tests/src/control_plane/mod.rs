@@ -3,18 +3,22 @@
 //! certificates, for end-to-end tests of what the HPA sees. By default no kubelet, scheduler or
 //! kube-proxy runs: pods stay Pending until a test patches their status (see
 //! [`ControlPlane::mark_pod_running`]). With [`ControlPlaneOptions::for_real_node`] the real
-//! kube-scheduler runs too, and a [`crate::node::RealNode`] beside it runs the pods for real.
+//! kube-scheduler runs too, the controllers an install needs run, the apiserver serves on an
+//! address pods can reach (a dummy link's `198.19.1.N`, published as the `kubernetes` Service's
+//! endpoint, see `host_address.rs`), and a [`crate::node::RealNode`] beside it runs the pods and
+//! kube-proxy for real.
 //!
-//! Every port is a free loopback port, every file lives in one [`TempDir`], and dropping the guard
-//! stops the processes (by PID, through [`ChildGuard`]) and removes the directory.
+//! Every port is a free loopback port (the pod-reachable apiserver's on its own address), every
+//! file lives in one [`TempDir`], and dropping the guard stops the processes (by PID, through
+//! [`ChildGuard`]), deletes the dummy link and removes the directory.
 //!
 //! Environment:
 //! - `PODMETER_K8S_BIN`: directory holding `kube-apiserver`, `kube-controller-manager`,
-//!   `kube-scheduler` and `kubelet`
+//!   `kube-scheduler`, `kubelet` and `kube-proxy`
 //!   (default `bin/` of the script's cache: `$PODMETER_K8S_CACHE`, else [`DEFAULT_CACHE_DIR`]).
 //!   `cargo xtask test` runs `scripts/k8s-control-plane.sh` as a step before any test starts;
 //!   a test run any other way finds an incomplete default cache and runs the script itself, before
-//!   its start deadline begins (idempotent; the first build takes 9 to 13 minutes).
+//!   its start deadline begins (idempotent; the first build takes 5 to 13 minutes).
 //! - `PODMETER_ETCD_BIN`: etcd binary (default `etcd` on `PATH`, from Debian's `etcd-server`).
 //!
 //! Also needed on `PATH`: `openssl`, `curl` and `kubectl` (any recent client; a 1.32 client works
@@ -44,13 +48,17 @@ use crate::{process::ChildGuard, tempdir::TempDir};
 
 mod api;
 mod binaries;
+mod host_address;
 mod pki;
 mod scheduler;
 mod start;
 
 pub use api::{ApiResponse, Credentials};
 pub(crate) use binaries::Binaries;
+pub use host_address::APISERVER_ADDRESS_SUBNET;
 pub use pki::CertPair;
+
+use host_address::HostAddress;
 
 use pki::{Pki, serving_cert};
 
@@ -73,8 +81,14 @@ pub fn cache_bin_dir() -> PathBuf {
 }
 /// Overrides the etcd binary.
 pub const ETCD_BIN_ENV: &str = "PODMETER_ETCD_BIN";
-/// The Service CIDR given to the apiserver (nothing routes it: no kube-proxy runs).
-pub const SERVICE_CIDR: &str = "10.96.0.0/24";
+/// The Service CIDR given to the apiserver. Only a [`crate::node::RealNode`]'s kube-proxy
+/// translates its ClusterIPs; with a pod-reachable apiserver
+/// ([`ControlPlaneOptions::pod_reachable`]) the range is routed to a dummy link (nowhere), never
+/// off the machine.
+pub const SERVICE_CIDR: &str = "198.19.0.0/24";
+/// The ClusterIP of Service `default/kubernetes`: the first address of [`SERVICE_CIDR`]. Pods get
+/// it as `KUBERNETES_SERVICE_HOST` (port 443); the apiserver's certificate names it.
+pub const KUBERNETES_CLUSTER_IP: &str = "198.19.0.1";
 /// The ServiceAccount token issuer (and audience).
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The CN of the client certificate the apiserver presents to aggregated API servers; it is the
@@ -90,9 +104,15 @@ pub const CONTROLLERS: &str =
 /// [`CONTROLLERS`] plus those a cluster with a real node needs: the node lifecycle controller
 /// lifts the `node.kubernetes.io/not-ready` taint the kubelet registers its Node with (or the
 /// scheduler places nothing), and the garbage collector makes deleting a Deployment delete its
-/// ReplicaSet and pods, which the kubelet then stops.
+/// ReplicaSet and pods, which the kubelet then stops. For installing a product (`kubectl apply
+/// -k`): the DaemonSet controller; the endpoint and EndpointSlice controllers, which give Services
+/// their endpoints (kube-proxy 1.20 reads EndpointSlices) and the mirroring one for Endpoints
+/// without a selector; the namespace controller, which deletes a deleted Namespace's contents; and
+/// the root CA publisher (ConfigMap `kube-root-ca.crt` in every namespace). ServiceAccount token
+/// Secrets (with the cluster CA as `ca.crt`) come from `serviceaccount-token`.
 pub const NODE_CONTROLLERS: &str = "horizontalpodautoscaling,deployment,replicaset,\
-     serviceaccount,serviceaccount-token,nodelifecycle,garbagecollector";
+     serviceaccount,serviceaccount-token,nodelifecycle,garbagecollector,daemonset,endpoint,\
+     endpointslice,endpointslicemirroring,namespace,root-ca-cert-publisher";
 
 /// How to start a [`ControlPlane`].
 #[derive(Debug, Clone)]
@@ -111,14 +131,20 @@ pub struct ControlPlaneOptions {
     pub controller_manager_args: Vec<String>,
     /// Also run kube-scheduler (as `system:kube-scheduler`), so that pods get a node.
     pub scheduler: bool,
+    /// Serve on an address pods can reach instead of 127.0.0.1: a dummy link (named for this run)
+    /// gets `198.19.1.N/32` and the route of [`SERVICE_CIDR`]; the apiserver binds that address
+    /// only, advertises it, and keeps the `kubernetes` Endpoints pointing at it (endpoint
+    /// reconciler `lease`). [`ControlPlane::server`] is then `https://198.19.1.N:<port>`.
+    pub pod_reachable: bool,
 }
 
 impl ControlPlaneOptions {
-    /// For a cluster with a [`crate::node::RealNode`]: the scheduler runs, and the controllers
-    /// are [`NODE_CONTROLLERS`].
+    /// For a cluster with a [`crate::node::RealNode`]: the scheduler runs, the controllers are
+    /// [`NODE_CONTROLLERS`], and the apiserver is [`pod_reachable`](Self::pod_reachable).
     pub fn for_real_node() -> Self {
         Self {
             scheduler: true,
+            pod_reachable: true,
             controller_manager_args: vec![format!("--controllers={NODE_CONTROLLERS}")],
             ..Self::default()
         }
@@ -134,11 +160,13 @@ impl Default for ControlPlaneOptions {
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
             scheduler: false,
+            pod_reachable: false,
         }
     }
 }
 
-/// A running etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler) on loopback.
+/// A running etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler) on loopback (the
+/// apiserver on its pod-reachable address when [`ControlPlaneOptions::pod_reachable`]).
 #[derive(Debug)]
 pub struct ControlPlane {
     // Field order is drop order: scheduler and controllers first, etcd last, then the directory.
@@ -146,6 +174,8 @@ pub struct ControlPlane {
     controller_manager: ChildGuard,
     apiserver: ChildGuard,
     etcd: ChildGuard,
+    /// After the processes (the apiserver binds its address), before the directory.
+    host_address: Option<HostAddress>,
     dir: TempDir,
     pki: Pki,
     admin: Credentials,
@@ -160,9 +190,24 @@ impl ControlPlane {
         self.startup
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`, or `https://198.19.1.N:<port>` when the apiserver is
+    /// [`pod_reachable`](ControlPlaneOptions::pod_reachable) (the same URL works from the host and
+    /// from pods; every kubeconfig and request of the harness uses it).
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The pod-reachable address the apiserver binds and publishes as the `kubernetes`
+    /// Endpoints, when [`pod_reachable`](ControlPlaneOptions::pod_reachable); pods reach it
+    /// through [`KUBERNETES_CLUSTER_IP`]`:443` (once kube-proxy runs) or directly.
+    pub fn apiserver_address(&self) -> Option<std::net::Ipv4Addr> {
+        self.host_address.as_ref().map(HostAddress::address)
+    }
+
+    /// The dummy link holding [`ControlPlane::apiserver_address`] and the route of
+    /// [`SERVICE_CIDR`], when [`pod_reachable`](ControlPlaneOptions::pod_reachable).
+    pub fn host_link(&self) -> Option<&str> {
+        self.host_address.as_ref().map(HostAddress::link)
     }
 
     /// `http://127.0.0.1:<port>` of etcd.

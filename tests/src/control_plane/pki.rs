@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{CALL_TIMEOUT, FRONT_PROXY_CLIENT_CN};
+use super::{CALL_TIMEOUT, FRONT_PROXY_CLIENT_CN, KUBERNETES_CLUSTER_IP};
 use crate::process::run_ok;
 
 /// A certificate and its private key (PEM files).
@@ -51,7 +51,9 @@ authorityKeyIdentifier = keyid
 const CERT_DAYS: &str = "2";
 
 impl Pki {
-    pub(super) fn generate(dir: &Path) -> Result<Self> {
+    /// The apiserver's serving certificate names loopback, the `kubernetes` Service (its
+    /// ClusterIP and DNS names) and `apiserver_address` when given (the pod-reachable one).
+    pub(super) fn generate(dir: &Path, apiserver_address: Option<&str>) -> Result<Self> {
         fs::write(dir.join("openssl.cnf"), OPENSSL_CONFIG)?;
         let ca = self_signed_ca(dir, "ca", "podmeter-test-cluster-ca")?;
         let front_proxy_ca = self_signed_ca(dir, "front-proxy-ca", "podmeter-test-front-proxy-ca")?;
@@ -82,20 +84,17 @@ impl Pki {
             "-out",
             path_str(&sa_pub)?,
         ])?;
-        let serving = serving_cert(
-            dir,
-            &ca,
-            "apiserver",
-            &[
-                "127.0.0.1",
-                "10.96.0.1",
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-        )?;
+        let mut sans = vec![
+            "127.0.0.1",
+            KUBERNETES_CLUSTER_IP,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ];
+        sans.extend(apiserver_address);
+        let serving = serving_cert(dir, &ca, "apiserver", &sans)?;
         Ok(Self {
             ca,
             serving,

@@ -1,5 +1,6 @@
-//! Starting the control plane: etcd, then kube-apiserver, then kube-controller-manager, each
-//! with its flags, its log file and a readiness wait ([`ControlPlane::start_with`]).
+//! Starting the control plane: etcd, then kube-apiserver (on loopback, or on the pod-reachable
+//! address of a dummy link, see `host_address.rs`), then kube-controller-manager, each with its
+//! flags, its log file and a readiness wait ([`ControlPlane::start_with`]).
 
 use std::{
     fs::File,
@@ -16,6 +17,7 @@ use super::{
     ProcessExited, SERVICE_ACCOUNT_ISSUER, SERVICE_CIDR,
     api::{Auth, Credentials, curl, write_kubeconfig},
     binaries::Binaries,
+    host_address::HostAddress,
     log_tail,
     pki::Pki,
     wait_until,
@@ -42,9 +44,22 @@ impl ControlPlane {
         let started = Instant::now();
         let deadline = started + options.start_timeout;
         let dir = crate::tempdir::new("k8s")?;
-        let pki = Pki::generate(dir.path()).context("generating certificates with openssl")?;
+        // Dropped after the processes (declared before them) when the start fails.
+        let host_address = options
+            .pod_reachable
+            .then(HostAddress::create)
+            .transpose()
+            .context("creating the apiserver's pod-reachable address")?;
+        let api_address = host_address
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |host| host.address().to_string());
+        let pki = Pki::generate(
+            dir.path(),
+            host_address.is_some().then_some(api_address.as_str()),
+        )
+        .context("generating certificates with openssl")?;
         let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{api_address}:{api_port}");
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
 
         let etcd_data = dir.path().join("etcd-data");
@@ -84,8 +99,8 @@ impl ControlPlane {
         let mut apiserver = Command::new(&binaries.apiserver);
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={api_address}"))
+            .arg(format!("--advertise-address={api_address}"))
             .arg(format!("--secure-port={api_port}"))
             .arg("--insecure-port=0")
             .arg(format!(
@@ -100,8 +115,13 @@ impl ControlPlane {
             .arg(format!("--client-ca-file={}", pki.ca.cert.display()))
             .arg("--authorization-mode=RBAC")
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            // Loopback cannot be an Endpoints address; nothing needs the `kubernetes` endpoints.
-            .arg("--endpoint-reconciler-type=none")
+            // Loopback cannot be an Endpoints address, and without pods nothing needs the
+            // `kubernetes` endpoints; pods reach the pod-reachable address through them.
+            .arg(if host_address.is_some() {
+                "--endpoint-reconciler-type=lease"
+            } else {
+                "--endpoint-reconciler-type=none"
+            })
             .arg(format!(
                 "--service-account-key-file={}",
                 pki.sa_pub.display()
@@ -215,6 +235,7 @@ impl ControlPlane {
             controller_manager,
             apiserver,
             etcd,
+            host_address,
             dir,
             pki,
             admin,
@@ -249,6 +270,32 @@ impl ControlPlane {
                 plane.log_tail("kube-controller-manager", 40)
             )
         })?;
+        if let Some(address) = plane.apiserver_address() {
+            let endpoint = format!("{address}:{api_port}");
+            wait_until(
+                remaining(deadline),
+                "the apiserver to publish its address as the `kubernetes` Endpoints",
+                || {
+                    plane.check_alive()?;
+                    let response = plane.request(
+                        "GET",
+                        "/api/v1/namespaces/default/endpoints/kubernetes",
+                        None,
+                    )?;
+                    if !response.is_success() {
+                        return Ok(None);
+                    }
+                    let endpoints = response.json()?;
+                    let subset = &endpoints["subsets"][0];
+                    let published = format!(
+                        "{}:{}",
+                        subset["addresses"][0]["ip"].as_str().unwrap_or_default(),
+                        subset["ports"][0]["port"]
+                    );
+                    Ok((published == endpoint).then_some(()))
+                },
+            )?;
+        }
         if options.scheduler {
             plane.scheduler = Some(plane.start_scheduler(&binaries)?);
         }

@@ -1,8 +1,12 @@
 //! The node's pod network: a bridge the harness creates (named so that the next run can remove a
 //! killed run's), with the gateway address `198.18.N.1/24`, and a CNI conflist (Debian's `bridge`
 //! and `host-local` plugins) that gives pods addresses from that /24, its IPAM state under the
-//! node's directory. The plugins' `isGateway` stays off so that they never turn on IP forwarding:
-//! pod addresses are reachable from this host only, never routed off the machine.
+//! node's directory. The plugins' `isGateway` stays off so that they never turn on IP forwarding
+//! machine-wide; the bridge alone forwards, and only to the pod network (`forwarding.rs`), which a
+//! pod reaching another pod through a ClusterIP needs: pod addresses are reachable from this host
+//! only, and nothing from a pod is routed off the machine. Hairpin mode on the bridge's ports lets
+//! a pod reach itself through a ClusterIP (kube-proxy's DNAT sends the frame back out the port it
+//! came in on).
 
 use std::{
     fs,
@@ -13,6 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::forwarding;
 use crate::{names, netns, process::run_ok};
 
 /// Node networks take a /24 from 198.18.200.0 up; the harness's other networks
@@ -45,39 +50,51 @@ impl CniNetwork {
             ipam_dir,
         };
         ip(&["link", "add", &this.bridge, "type", "bridge"])?;
+        if let Err(error) = this.configure(network_name) {
+            if let Err(removal) = this.remove() {
+                eprintln!("podmeter-tests: removing {}: {removal:#}", this.bridge);
+            }
+            return Err(error);
+        }
+        Ok(this)
+    }
+
+    /// The bridge's address, forwarding and the conflist.
+    fn configure(&self, network_name: &str) -> Result<()> {
         ip(&[
             "addr",
             "add",
-            &format!("{}/24", this.gateway()),
+            &format!("{}/24", self.gateway()),
             "dev",
-            &this.bridge,
+            &self.bridge,
         ])?;
-        ip(&["link", "set", &this.bridge, "up"])?;
+        ip(&["link", "set", &self.bridge, "up"])?;
+        forwarding::enable(&self.bridge, &self.cidr())?;
         let conflist = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": network_name,
             "plugins": [{
                 "type": "bridge",
-                "bridge": this.bridge,
+                "bridge": self.bridge,
                 "isGateway": false,
                 "ipMasq": false,
-                "hairpinMode": false,
+                "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "dataDir": this.ipam_dir,
+                    "dataDir": self.ipam_dir,
                     "ranges": [[{
-                        "subnet": this.cidr(),
-                        "gateway": this.gateway(),
+                        "subnet": self.cidr(),
+                        "gateway": self.gateway(),
                     }]],
-                    "routes": [{"dst": "0.0.0.0/0", "gw": this.gateway()}],
+                    "routes": [{"dst": "0.0.0.0/0", "gw": self.gateway()}],
                 },
             }],
         });
         fs::write(
-            this.conf_dir.join("10-podmeter.conflist"),
+            self.conf_dir.join("10-podmeter.conflist"),
             serde_json::to_string_pretty(&conflist)?,
         )?;
-        Ok(this)
+        Ok(())
     }
 
     pub fn bridge(&self) -> &str {
@@ -105,16 +122,18 @@ impl CniNetwork {
             .is_some_and(|host| host > 1)
     }
 
-    /// Deletes the veths still attached to the bridge (CNI DEL normally removed them) and the
-    /// bridge itself.
+    /// Deletes the bridge's forwarding rules, the veths still attached to the bridge (CNI DEL
+    /// normally removed them) and the bridge itself.
     pub fn remove(&self) -> Result<()> {
+        let rules = forwarding::disable(&self.bridge);
         let ports = Path::new("/sys/class/net").join(&self.bridge).join("brif");
         if let Ok(entries) = fs::read_dir(&ports) {
             for port in entries.flatten() {
                 netns::delete_link(&port.file_name().to_string_lossy())?;
             }
         }
-        netns::delete_link(&self.bridge)
+        netns::delete_link(&self.bridge)?;
+        rules
     }
 }
 

@@ -1,20 +1,24 @@
 //! A real Kubernetes node beside a [`ControlPlane`]: Debian's containerd and runc, a CNI bridge
-//! network, and the real kubelet v1.20.2, which registers a Node; the control plane's real
-//! kube-scheduler ([`ControlPlaneOptions::for_real_node`]) places pods on it and the kubelet runs
-//! them. Images are built here with buildah from Debian's static busybox and imported: nothing
-//! is pulled.
+//! network, the real kubelet v1.20.2, which registers a Node, and the real kube-proxy v1.20.2
+//! (iptables mode), which makes ClusterIP Services work; the control plane's real kube-scheduler
+//! ([`ControlPlaneOptions::for_real_node`], whose apiserver pods can reach) places pods on it and
+//! the kubelet runs them. Images are built here with buildah from Debian's static busybox and
+//! imported: nothing is pulled.
 //!
 //! Everything lives under one [`TempDir`] or is named for this run (the bridge, the kubelet's
-//! cgroup root `/podmeter-node-<pid>-<id>` in every hierarchy). Dropping the guard cordons the
-//! node, deletes its pods and waits for the kubelet to stop them (CNI releases their addresses),
-//! stops the kubelet, removes what containers remain, stops containerd, kills what is left in the
-//! node's cgroups, unmounts everything under the directory, deletes the bridge, removes the
-//! cgroups, the kubelet's pod logs, the Node object and the directory. The next run removes what a
-//! killed run left (`stale.rs`).
+//! cgroup root `/podmeter-node-<pid>-<id>` in every hierarchy), except kube-proxy's `KUBE-*`
+//! iptables chains, which are the machine's (one real node at a time; [`proxy`] says what it
+//! changes and how it is undone). Dropping the guard cordons the node, deletes its pods and waits
+//! for the kubelet to stop them (CNI releases their addresses), stops the kubelet, stops
+//! kube-proxy and removes its rules, removes what containers remain, stops containerd, kills what
+//! is left in the node's cgroups, unmounts everything under the directory, deletes the bridge,
+//! removes the cgroups, the kubelet's pod logs, the Node object and the directory. The next run
+//! removes what a killed run left (`stale.rs`).
 //!
-//! Needs root and, on `PATH`: `containerd`, `ctr`, `runc`, `buildah`, `ip`, and `/bin/busybox`
-//! (Debian's busybox-static), plus `/usr/lib/cni` (containernetworking-plugins); scripts/setup.sh
-//! installs them.
+//! Needs root and, on `PATH`: `containerd`, `ctr`, `runc`, `buildah`, `ip`, `iptables` (nf_tables
+//! backend), `nft`, and `/bin/busybox` (Debian's busybox-static), plus `/usr/lib/cni`
+//! (containernetworking-plugins), and br_netfilter with `bridge-nf-call-iptables=1`;
+//! scripts/setup.sh installs the packages.
 //!
 //! ```no_run
 //! use podmeter_tests::{control_plane::{ControlPlane, ControlPlaneOptions}, node::RealNode, serial};
@@ -45,14 +49,18 @@ use crate::{
 pub mod cgroups;
 pub mod cni;
 pub mod containerd;
+pub mod forwarding;
 pub mod images;
+pub mod iptables;
 pub mod kubelet;
 pub mod mounts;
+pub mod proxy;
 
 pub use cni::CniNetwork;
 pub use containerd::Containerd;
 pub use images::{BusyboxImage, HTTPD_BODY, HTTPD_IMAGE, HTTPD_PORT, SANDBOX_IMAGE};
 pub use kubelet::Kubelet;
+pub use proxy::KubeProxy;
 
 /// Where the kubelet writes container logs (fixed in 1.20, not under its root dir).
 const POD_LOGS_DIR: &str = "/var/log/pods";
@@ -61,6 +69,8 @@ const CONTAINER_LOGS_DIR: &str = "/var/log/containers";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long teardown waits for the kubelet to stop the node's pods.
 const POD_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long kube-proxy may take to write the `kubernetes` Service's rules.
+const PROXY_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The RBAC binding that gives every node (group `system:nodes`) the `system:node` role; the
 /// apiserver runs with RBAC only (no Node authorizer), and 1.20 leaves that binding empty.
 const NODE_BINDING: &str = "\
@@ -73,12 +83,14 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: 'system:nodes'}
 ";
 
-/// A running containerd + kubelet registered with `cp` as Node [`RealNode::name`].
+/// A running containerd + kubelet registered with `cp` as Node [`RealNode::name`], and its
+/// kube-proxy.
 #[derive(Debug)]
 pub struct RealNode<'cp> {
     cp: &'cp ControlPlane,
     name: String,
     kubelet: Option<Kubelet>,
+    proxy: Option<KubeProxy>,
     containerd: Option<Containerd>,
     network: Option<CniNetwork>,
     cgroup_root_created: bool,
@@ -91,11 +103,29 @@ pub struct RealNode<'cp> {
 }
 
 impl<'cp> RealNode<'cp> {
-    /// Starts containerd (with the sandbox image imported), the CNI network and the kubelet,
-    /// and returns once the Node is Ready.
+    /// Starts containerd (with the sandbox image imported), the CNI network, the kubelet and
+    /// kube-proxy, and returns once the Node is Ready and kube-proxy has written the `kubernetes`
+    /// Service's rules. `cp` must have a pod-reachable apiserver
+    /// ([`ControlPlaneOptions::for_real_node`]).
     pub fn start(cp: &'cp ControlPlane) -> Result<Self> {
         let binaries = Binaries::locate()?;
-        for tool in ["containerd", "ctr", "runc", "buildah", "ip"] {
+        if cp.apiserver_address().is_none() {
+            bail!(
+                "a RealNode needs a control plane whose apiserver pods can reach: start it with \
+                 ControlPlaneOptions::for_real_node() (pod_reachable)"
+            );
+        }
+        for tool in [
+            "containerd",
+            "ctr",
+            "runc",
+            "buildah",
+            "ip",
+            "iptables",
+            "iptables-save",
+            "iptables-restore",
+            "nft",
+        ] {
             if !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
                 .any(|dir| dir.join(tool).exists())
             {
@@ -113,10 +143,12 @@ impl<'cp> RealNode<'cp> {
                 );
             }
         }
+        proxy::check_host()?;
         let name = names::node_name(names::next_id());
         let mut node = Self {
             cp,
             kubelet: None,
+            proxy: None,
             containerd: None,
             network: None,
             cgroup_root_created: false,
@@ -196,6 +228,37 @@ impl<'cp> RealNode<'cp> {
             "kubelet registered a Ready, untainted Node",
             phase.elapsed(),
         ));
+
+        let phase = Instant::now();
+        let credentials = cp.user_credentials("system:kube-proxy", &[])?;
+        let network = node.network.as_ref().context("network")?;
+        node.proxy = Some(KubeProxy::start(&proxy::KubeProxySettings {
+            binary: &binaries.kube_proxy,
+            dir: &node.dir.path().join("kube-proxy"),
+            node_name: &node.name,
+            node_ip: &network.gateway(),
+            cluster_cidr: &network.cidr(),
+            kubeconfig: credentials.kubeconfig(),
+        })?);
+        wait_until(
+            PROXY_SYNC_TIMEOUT,
+            "kube-proxy to write the `kubernetes` Service's rules",
+            || {
+                node.check_alive()?;
+                Ok(KubeProxy::has_synced_kubernetes_service()?.then_some(()))
+            },
+        )
+        .with_context(|| {
+            format!(
+                "kube-proxy log:\n{}\nnat table:\n{}",
+                node.kube_proxy_log_tail(40),
+                iptables::save(iptables::FAMILIES[0], "nat")
+                    .map(|lines| lines.join("\n"))
+                    .unwrap_or_else(|error| format!("{error:#}"))
+            )
+        })?;
+        node.phases
+            .push(("kube-proxy synced the kubernetes Service", phase.elapsed()));
         Ok(node)
     }
 
@@ -226,12 +289,13 @@ impl<'cp> RealNode<'cp> {
         self.dir.path()
     }
 
-    /// PIDs of containerd and the kubelet.
+    /// PIDs of containerd, the kubelet and kube-proxy.
     pub fn pids(&self) -> Vec<u32> {
         self.containerd
             .iter()
             .map(Containerd::pid)
             .chain(self.kubelet.iter().map(Kubelet::pid))
+            .chain(self.proxy.iter().filter_map(KubeProxy::pid))
             .collect()
     }
 
@@ -256,7 +320,7 @@ impl<'cp> RealNode<'cp> {
         Ok(())
     }
 
-    /// Fails if containerd or the kubelet exited.
+    /// Fails if containerd, the kubelet or kube-proxy exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(containerd) = self.containerd.as_mut() {
             containerd.check_alive()?;
@@ -264,11 +328,18 @@ impl<'cp> RealNode<'cp> {
         if let Some(kubelet) = self.kubelet.as_mut() {
             kubelet.check_alive()?;
         }
+        if let Some(proxy) = self.proxy.as_mut() {
+            proxy.check_alive()?;
+        }
         Ok(())
     }
 
     pub fn kubelet_log_tail(&self, lines: usize) -> String {
         log_tail(&self.dir.path().join("kubelet/kubelet.log"), lines)
+    }
+
+    pub fn kube_proxy_log_tail(&self, lines: usize) -> String {
+        log_tail(&self.dir.path().join("kube-proxy/kube-proxy.log"), lines)
     }
 
     /// Pods bound to this node, all namespaces.
@@ -315,6 +386,12 @@ impl<'cp> RealNode<'cp> {
         }
         if let Some(kubelet) = self.kubelet.take() {
             note("stopping the kubelet", kubelet.stop());
+        }
+        if let Some(proxy) = self.proxy.take() {
+            note(
+                "stopping kube-proxy and removing its iptables rules",
+                proxy.stop(),
+            );
         }
         if let Some(containerd) = self.containerd.take() {
             for error in containerd.remove_all_containers() {
@@ -396,9 +473,11 @@ impl Drop for RealNode<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "podmeter-tests: kubelet log (last 40 lines):\n{}\ncontainerd log (last 20 lines):\n{}",
+                "podmeter-tests: kubelet log (last 40 lines):\n{}\n\
+                 containerd log (last 20 lines):\n{}\nkube-proxy log (last 20 lines):\n{}",
                 self.kubelet_log_tail(40),
-                log_tail(&self.dir.path().join("containerd/containerd.log"), 20)
+                log_tail(&self.dir.path().join("containerd/containerd.log"), 20),
+                self.kube_proxy_log_tail(20)
             );
         }
         for error in self.teardown() {
@@ -429,6 +508,45 @@ pub(crate) fn kill_processes_naming(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Removes the pod logs of a dead run's node whose directory is `dir`: the kubelet named each pod's
+/// directory `/var/log/pods/<namespace>_<pod>_<uid>`, and its root dir (`kubelet/root/pods/<uid>`)
+/// says which UIDs were its pods; the `/var/log/containers` links into them go too.
+pub(crate) fn remove_pod_logs_of_dead_node(dir: &Path) -> Result<()> {
+    let uids = list_dir(&dir.join("kubelet/root/pods"));
+    let mut removed = Vec::new();
+    for name in list_dir(Path::new(POD_LOGS_DIR)) {
+        if uids.iter().any(|uid| name.ends_with(&format!("_{uid}"))) {
+            let path = Path::new(POD_LOGS_DIR).join(&name);
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    for entry in fs::read_dir(CONTAINER_LOGS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = fs::read_link(entry.path()).unwrap_or_default();
+        if removed.iter().any(|dir| target.starts_with(dir)) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// PIDs of processes whose `comm` is `name`.
+pub fn processes_named(name: &str) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
 }
 
 /// PIDs (other than ours) whose command line contains `needle`.

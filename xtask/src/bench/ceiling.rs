@@ -1,6 +1,10 @@
-//! The pipeline ceiling: the criterion benches of the userspace path on one core
+//! The pipeline ceiling: the criterion benches of the userspace event path on one core
 //! (`agent/benches/pipeline.rs`), and the highest request rate the live agent sustains with zero
 //! lost events when both ends of every request are observed (four events per request).
+//!
+//! Per-request events only flow with route labels: by default the kernel aggregates every
+//! exchange itself and the ring buffer stays idle. So the live agent here runs with
+//! [`LIVE_AGENT_ARGS`] (`--route-labels`), the one configuration the event path still limits.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -19,8 +23,10 @@ pub const BENCHES: [&str; 5] = [
     "pipeline/decode_pair_book_routes",
     "rates/book_counter_read_64_pods",
 ];
-/// The bench whose throughput is the pipeline ceiling: the whole event path, default flags.
+/// The bench whose throughput is the pipeline ceiling: the whole event path.
 pub const CEILING_BENCH: &str = "pipeline/decode_pair_book";
+/// The live agent's flags: route labels, which turn the per-request events on.
+pub const LIVE_AGENT_ARGS: [&str; 1] = ["--route-labels"];
 
 /// One criterion bench.
 #[derive(Clone, Debug, Serialize)]
@@ -122,6 +128,8 @@ pub struct LiveRun {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LiveCeiling {
+    /// The live agent's extra flags ([`LIVE_AGENT_ARGS`]).
+    pub agent_args: Vec<String>,
     pub runs: Vec<LiveRun>,
     /// The highest observed request rate with zero lost events.
     pub sustained_observed_requests_per_sec: Option<f64>,
@@ -143,8 +151,8 @@ fn event_counters(agent: &podmeter_tests::AgentProcess) -> Result<(u64, u64, u64
 
 /// Saturates the app with fewer and fewer connections (less load) until no event is lost.
 pub fn live(lab: &Lab<'_>) -> Result<LiveCeiling> {
-    // Both pods observed: the client's sockets emit events too.
-    let agent = lab.start_agent(lab.cluster.cgroup_root(), &[])?;
+    // Both pods observed: the client's sockets emit events too. Route labels turn events on.
+    let agent = lab.start_agent(lab.cluster.cgroup_root(), &LIVE_AGENT_ARGS)?;
     system::sleep(Duration::from_millis(500))?;
     let mut runs = Vec::new();
     let mut sustained = None;
@@ -209,6 +217,7 @@ pub fn live(lab: &Lab<'_>) -> Result<LiveCeiling> {
         }
     }
     Ok(LiveCeiling {
+        agent_args: LIVE_AGENT_ARGS.iter().map(|a| (*a).to_owned()).collect(),
         runs,
         sustained_observed_requests_per_sec: sustained.map(|s| s.1),
         sustained_events_per_sec: sustained.map(|s| s.2),

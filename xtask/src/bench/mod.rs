@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: where podmeter stands against its performance targets, measured on this
 //! machine in one invocation. It builds the release agent and the criterion benches, then runs,
-//! in netns pods of the test harness: server overhead and the proxy baseline ([`overhead`]),
+//! in netns pods of the test harness: server overhead on nginx and on a server that spends
+//! 100 µs per request ([`busy`]), and the proxy baseline ([`overhead`]),
 //! agent CPU per request ([`cpu`]), the pipeline ceiling ([`ceiling`]), freshness
 //! ([`freshness`]) and memory ([`memory`]). It prints a table ([`summary`]) and writes
 //! `target/bench/summary.json`. Everything it creates is removed on exit, Ctrl-C included.
@@ -8,6 +9,7 @@
 //! Timings are reported, never asserted: on a shared or small machine they are ratios measured in
 //! the same run, not absolute claims.
 
+mod busy;
 mod ceiling;
 mod cpu;
 mod freshness;
@@ -43,12 +45,16 @@ pub struct Args {
     /// Where the JSON summary is written (relative to the workspace).
     #[arg(long, default_value = "target/bench/summary.json")]
     out: PathBuf,
+    /// Internal: be the bench's 100 µs-per-request HTTP server on this port (the bench starts
+    /// it inside the busy pod).
+    #[arg(long, hide = true)]
+    serve_busy: Option<u16>,
 }
 
 /// The parts of the bench, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
-    /// Server overhead (agent off/on) and the proxy baseline.
+    /// Server overhead (agent off/on; nginx and the 100 µs server) and the proxy baseline.
     Overhead,
     /// Agent CPU per request.
     Cpu,
@@ -133,7 +139,7 @@ impl Plan {
 pub struct Cores {
     /// wrk, hey, the agent and the bench itself.
     pub client: usize,
-    /// nginx: the app and the proxy.
+    /// nginx (the app and the proxy) and the 100 µs server.
     pub server: usize,
 }
 
@@ -154,7 +160,7 @@ impl Cores {
 
     fn describe(self) -> String {
         format!(
-            "wrk/hey (client pod), the agent and the bench on CPU {}; nginx (app and proxy, one worker each) on CPU {}; kernel softirq work runs where the packets are sent",
+            "wrk/hey (client pod), the agent and the bench on CPU {}; nginx (app and proxy, one worker each) and the 100 us server on CPU {}; kernel softirq work runs where the packets are sent",
             self.client, self.server
         )
     }
@@ -170,6 +176,8 @@ pub struct Lab<'c> {
     pub server: Pod<'c>,
     /// `srv/fresh`: a second app that only the step response loads.
     pub fresh: Pod<'c>,
+    /// `srv/busy`: the server that spends 100 µs of CPU per request ([`busy`]).
+    pub busy: Pod<'c>,
     /// `load/wrk`: the load generators, outside the tree the agent observes.
     pub client: Pod<'c>,
     /// `<cluster>/srv`: the server pods' tree, where the agent attaches (pods `default/<name>`).
@@ -189,6 +197,10 @@ impl Lab<'_> {
         format!("http://{}:{}/", self.server.ip(), servers::PROXY_PORT)
     }
 
+    pub fn busy_url(&self) -> String {
+        format!("http://{}:{}/", self.busy.ip(), busy::PORT)
+    }
+
     /// One wrk thread on the client core.
     pub fn wrk(&self, url: String, connections: u32, duration: Duration) -> load::Wrk {
         load::Wrk {
@@ -206,6 +218,9 @@ impl Lab<'_> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(port) = args.serve_busy {
+        return busy::serve(port, busy::CPU_PER_REQUEST);
+    }
     // SAFETY: geteuid has no side effects.
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (netns pods, cgroups, BPF); run it with sudo");
@@ -279,6 +294,7 @@ pub fn run(args: &Args) -> Result<()> {
     let lab = Lab {
         server: cluster.pod("srv", "app")?,
         fresh: cluster.pod("srv", "fresh")?,
+        busy: cluster.pod("srv", "busy")?,
         client: cluster.pod("load", "wrk")?,
         observed_root: cluster.cgroup_root().join("srv"),
         cluster: &cluster,
@@ -294,6 +310,11 @@ pub fn run(args: &Args) -> Result<()> {
         servers::BenchNginx::start(&lab.server, Role::Proxy, cores.server, worker_connections)?;
     let _fresh =
         servers::BenchNginx::start(&lab.fresh, Role::App, cores.server, worker_connections)?;
+    let _busy = if wants(Section::Overhead) {
+        Some(busy::BusyServer::start(&lab.busy, cores.server)?)
+    } else {
+        None
+    };
 
     if wants(Section::Overhead) {
         println!("\n1-2. server overhead and proxy baseline");
@@ -304,7 +325,7 @@ pub fn run(args: &Args) -> Result<()> {
         summary.cpu = Some(cpu::measure(&lab)?);
     }
     if wants(Section::Ceiling) {
-        println!("\n4. pipeline ceiling: live agent");
+        println!("\n4. pipeline ceiling: live agent with --route-labels (per-request events on)");
         summary.live = Some(ceiling::live(&lab)?);
     }
     if wants(Section::Freshness) {

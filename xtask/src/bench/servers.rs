@@ -1,6 +1,7 @@
 //! The bench's nginx servers, pinned to the server core: the app (a small fixed response, sized
 //! for 10,000 keep-alive connections) and the L7 proxy that stands in for a sidecar: a second
 //! nginx in the same pod that proxies every request to the app over loopback, as Envoy would.
+//! (The app that spends 100 µs per request is the bench's own, in [`super::busy`].)
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -29,7 +30,7 @@ pub enum Role {
 #[derive(Debug)]
 pub struct BenchNginx {
     // Field order: the process stops before its directory is removed.
-    process: ChildGuard,
+    _process: ChildGuard,
     _dir: TempDir,
 }
 
@@ -52,36 +53,36 @@ impl BenchNginx {
             .arg("-e")
             .arg(&error_log);
         let label = format!("nginx {role:?} {}/{}", pod.namespace(), pod.name());
-        let process = ChildGuard::spawn_forwarding(command, label)?;
+        let mut process = ChildGuard::spawn_forwarding(command, label)?;
         let port = match role {
             Role::App => APP_PORT,
             Role::Proxy => PROXY_PORT,
         };
-        let mut nginx = Self { process, _dir: dir };
-        nginx
-            .wait_listening(SocketAddr::from((pod.ip(), port)))
-            .with_context(|| {
-                let log = std::fs::read_to_string(&error_log).unwrap_or_default();
-                format!("bench nginx ({role:?}) did not come up; error.log:\n{log}")
-            })?;
-        Ok(nginx)
+        wait_listening(&mut process, SocketAddr::from((pod.ip(), port))).with_context(|| {
+            let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+            format!("bench nginx ({role:?}) did not come up; error.log:\n{log}")
+        })?;
+        Ok(Self {
+            _process: process,
+            _dir: dir,
+        })
     }
+}
 
-    /// A TCP connect (no request, so nothing an agent would count) until it is accepted.
-    fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.try_wait()? {
-                bail!("nginx exited during start-up: {status}");
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("nothing listens on {addr} after {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// A TCP connect (no request, so nothing an agent would count) until it is accepted.
+pub fn wait_listening(process: &mut ChildGuard, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = process.try_wait()? {
+            bail!("the server exited during start-up: {status}");
         }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("nothing listens on {addr} after {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -152,7 +152,7 @@ impl HealthCollector {
 /// A counter family: name, help, value.
 type Row = (&'static str, &'static str, u64);
 
-fn counters(r: &HealthReading) -> [Row; 13] {
+fn counters(r: &HealthReading) -> [Row; 16] {
     let (h, k) = (&r.health, &r.health.kernel);
     [
         (
@@ -206,6 +206,21 @@ fn counters(r: &HealthReading) -> [Row; 13] {
             k.listener_requests,
         ),
         (
+            "flow_map_full",
+            "Updates of the kernel's per-flow sums (in-flight integral, latency sum, bytes) lost because the map was full",
+            k.flow_map_full,
+        ),
+        (
+            "latency_map_full",
+            "Updates of the kernel's latency histogram lost because the map was full",
+            k.latency_map_full,
+        ),
+        (
+            "flow_sums_torn",
+            "Reads of the kernel's flow sums skipped because a CPU's copy was taken mid-update (the next read covers their interval)",
+            h.flow_sums_torn,
+        ),
+        (
             "count_entries_removed",
             "Entries of deleted cgroups removed from the kernel's exact count map after their counts were read",
             h.counter_entries_removed,
@@ -223,7 +238,7 @@ fn counters(r: &HealthReading) -> [Row; 13] {
     ]
 }
 
-fn gauges(r: &HealthReading) -> [Row; 4] {
+fn gauges(r: &HealthReading) -> [Row; 5] {
     let h = &r.health;
     [
         (
@@ -240,6 +255,11 @@ fn gauges(r: &HealthReading) -> [Row; 4] {
             "count_entries",
             "Entries in the kernel's exact count map",
             h.counter_entries,
+        ),
+        (
+            "latency_buckets",
+            "Entries in the kernel's latency histogram at the latest read",
+            h.latency_buckets,
         ),
         ("pods", "Pods with series", r.pods),
     ]

@@ -14,8 +14,13 @@ use super::labels::{
     DurationLabels, ObservedLabels, PodLabels, ResponseLabels, RouteLabel, StatusClass,
 };
 use crate::{
-    attribution::flow::Flow, books::routes::Route, connections::pairing::Exchange,
-    events::decode::Method, fast_map::FastMap, identity::PodId, kernel::counters::Counts,
+    attribution::flow::Flow,
+    books::{latency::midpoint_seconds, routes::Route},
+    connections::pairing::Exchange,
+    events::decode::Method,
+    fast_map::FastMap,
+    identity::PodId,
+    kernel::{counters::Counts, flow_sums::FlowDelta},
 };
 
 /// Upper bounds of the request duration buckets, in seconds: 100 µs to 60 s in 1-2.5-5 steps,
@@ -87,12 +92,20 @@ pub struct HttpFamilies {
     pub requests: Family<ResponseLabels, Counter>,
     /// `requests_per_second{namespace,pod}`: the sliding-window rate of `requests_started`.
     pub requests_per_second: Family<PodLabels, Rate>,
-    /// `observed_requests_total{namespace,pod,method,status_class[,route]}`: exchanges paired from
-    /// the event stream; trails `requests_total` when events are dropped.
+    /// `observed_requests_total{namespace,pod,method,status_class[,route]}`: ended exchanges by
+    /// method and status class, exact from the kernel; with route labels on, from the paired
+    /// events (which may trail `requests_total` when events are dropped).
     pub observed_requests: Family<ObservedLabels, Counter>,
-    /// `request_duration_seconds{namespace,pod[,route]}`: time from the request's first segment to
-    /// the response's first segment, at the observing socket, for paired exchanges.
+    /// `request_duration_seconds{namespace,pod}`: time from the request's first segment to the
+    /// response's first segment, at the observing socket, for every exchange with a response
+    /// (the kernel's histogram).
     pub request_duration: DurationFamily,
+    /// `concurrency{namespace,pod}`: average requests in flight over the window.
+    pub concurrency: Family<PodLabels, Rate>,
+    /// `request_bytes_total{namespace,pod}`: request payload bytes, exact.
+    pub request_bytes: Family<PodLabels, Counter>,
+    /// `response_bytes_total{namespace,pod}`: response payload bytes, exact.
+    pub response_bytes: Family<PodLabels, Counter>,
 }
 
 impl HttpFamilies {
@@ -103,6 +116,9 @@ impl HttpFamilies {
             requests_per_second: Family::default(),
             observed_requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
+            concurrency: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
         };
         let verb = side.verb();
         let registry = registry.sub_registry_with_prefix(side.prefix());
@@ -130,17 +146,38 @@ impl HttpFamilies {
         registry.register(
             "observed_requests",
             format!(
-                "HTTP requests {verb} the pod whose request and response events were paired, by method and status class; trails requests_total when events are dropped"
+                "HTTP requests {verb} the pod by method and status class when their exchange ends, exact from the kernel (with route labels on: from paired events, which trail requests_total when events are dropped)"
             ),
             families.observed_requests.clone(),
         );
         registry.register_with_unit(
             "request_duration",
             format!(
-                "Duration of HTTP requests {verb} the pod, from the first request segment to the first response segment at the pod's socket, for paired exchanges with a response"
+                "Duration of HTTP requests {verb} the pod, from the first request segment to the first response segment at the pod's socket, for every exchange with a response (paired in the kernel)"
             ),
             Unit::Seconds,
             families.request_duration.clone(),
+        );
+        registry.register(
+            "concurrency",
+            format!(
+                "Average HTTP requests {verb} the pod in flight over the last {window_secs} s, from the kernel's exact time-integral of requests in flight"
+            ),
+            families.concurrency.clone(),
+        );
+        registry.register_with_unit(
+            "request",
+            format!(
+                "Payload bytes (request lines, headers and bodies, each byte once) of HTTP requests {verb} the pod"
+            ),
+            Unit::Bytes,
+            families.request_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "response",
+            format!("Payload bytes of the responses to HTTP requests {verb} the pod"),
+            Unit::Bytes,
+            families.response_bytes.clone(),
         );
         families
     }
@@ -153,11 +190,13 @@ pub struct PodSeries {
     labels: PodLabels,
     started: Counter,
     per_second: Rate,
+    concurrency: Rate,
+    request_bytes: Counter,
+    response_bytes: Counter,
     ended: [Option<Counter>; status_class::COUNT],
     /// By (method, status class, route id).
     observed: FastMap<(Method, StatusClass, u16), (ObservedLabels, Counter)>,
-    /// By route id.
-    durations: FastMap<u16, (DurationLabels, Histogram)>,
+    durations: Option<(DurationLabels, Histogram)>,
 }
 
 impl PodSeries {
@@ -166,10 +205,13 @@ impl PodSeries {
         Self {
             started: families.requests_started.get_or_create_owned(&labels),
             per_second: families.requests_per_second.get_or_create_owned(&labels),
+            concurrency: families.concurrency.get_or_create_owned(&labels),
+            request_bytes: families.request_bytes.get_or_create_owned(&labels),
+            response_bytes: families.response_bytes.get_or_create_owned(&labels),
             labels,
             ended: Default::default(),
             observed: FastMap::default(),
-            durations: FastMap::default(),
+            durations: None,
         }
     }
 
@@ -178,9 +220,20 @@ impl PodSeries {
         self.labels == other.labels
     }
 
-    /// Books exact counter deltas.
-    pub fn add_counts(&mut self, families: &HttpFamilies, delta: &Counts) {
+    /// Books exact counter deltas; `by_method` also into `observed_requests` (when route labels
+    /// are off: with them on, the events book it with routes).
+    pub fn add_counts(&mut self, families: &HttpFamilies, delta: &Counts, by_method: bool) {
         self.started.inc_by(delta.requests);
+        if by_method {
+            for (id, ended) in (0u16..).zip(&delta.ended) {
+                for (&n, class) in ended.iter().zip(StatusClass::ALL) {
+                    if n > 0 {
+                        self.observed_counter(families, Method::of_kernel(id), class, None)
+                            .inc_by(n);
+                    }
+                }
+            }
+        }
         for ((slot, n), class) in self
             .ended
             .iter_mut()
@@ -200,42 +253,70 @@ impl PodSeries {
         }
     }
 
+    /// Books what changed in the flow's kernel sums: bytes.
+    pub fn add_flow(&self, delta: &FlowDelta) {
+        self.request_bytes.inc_by(delta.request_bytes);
+        self.response_bytes.inc_by(delta.response_bytes);
+    }
+
     /// Sets the rate gauge.
     pub fn set_rate(&self, rate: f64) {
         self.per_second.set(rate);
     }
 
-    /// Books a paired exchange; `route` is `None` when route labels are off.
-    pub fn observe(&mut self, families: &HttpFamilies, exchange: &Exchange, route: Option<Route>) {
-        let class = StatusClass::of_outcome(exchange.outcome);
+    /// Sets the concurrency gauge.
+    pub fn set_concurrency(&self, concurrency: f64) {
+        self.concurrency.set(concurrency);
+    }
+
+    /// The `observed_requests` counter of (method, class, route), created at first use.
+    fn observed_counter(
+        &mut self,
+        families: &HttpFamilies,
+        method: Method,
+        class: StatusClass,
+        route: Option<Route>,
+    ) -> &Counter {
         let route_id = route.as_ref().map_or(0, |r| r.id);
-        let route_label = RouteLabel(route.map(|r| r.name));
-        let (_, observed) = self
+        let (_, counter) = self
             .observed
-            .entry((exchange.method, class, route_id))
+            .entry((method, class, route_id))
             .or_insert_with(|| {
                 let labels = ObservedLabels {
                     pod: self.labels.clone(),
-                    method: exchange.method,
+                    method,
                     status_class: class,
-                    route: route_label.clone(),
+                    route: RouteLabel(route.map(|r| r.name)),
                 };
                 let counter = families.observed_requests.get_or_create_owned(&labels);
                 (labels, counter)
             });
-        observed.inc();
-        let Some(latency) = exchange.latency else {
-            return;
-        };
-        let (_, histogram) = self.durations.entry(route_id).or_insert_with(|| {
+        counter
+    }
+
+    /// Books a paired exchange with its route (events are on only with route labels).
+    pub fn observe(&mut self, families: &HttpFamilies, exchange: &Exchange, route: Option<Route>) {
+        let class = StatusClass::of_outcome(exchange.outcome);
+        self.observed_counter(families, exchange.method, class, route)
+            .inc();
+    }
+
+    /// Books exchanges by kernel latency bucket: each at its bucket's midpoint.
+    pub fn observe_durations(&mut self, families: &HttpFamilies, buckets: &[(u16, u64)]) {
+        let (_, histogram) = self.durations.get_or_insert_with(|| {
             let labels = DurationLabels {
                 pod: self.labels.clone(),
-                route: route_label,
+                route: RouteLabel(None),
             };
             let histogram = families.request_duration.get_or_create_owned(&labels);
             (labels, histogram)
         });
-        histogram.observe(latency.as_secs_f64());
+        for &(bucket, n) in buckets {
+            let seconds = midpoint_seconds(bucket);
+            for _ in 0..n {
+                histogram.observe(seconds);
+            }
+        }
     }
 
     /// Removes every series from the families. Series carry only namespace and name, so a pod of
@@ -246,6 +327,9 @@ impl PodSeries {
         let f = families;
         f.requests_started.remove(&self.labels);
         f.requests_per_second.remove(&self.labels);
+        f.concurrency.remove(&self.labels);
+        f.request_bytes.remove(&self.labels);
+        f.response_bytes.remove(&self.labels);
         for (slot, class) in self.ended.iter().zip(StatusClass::ALL) {
             if slot.is_some() {
                 f.requests.remove(&ResponseLabels {
@@ -257,7 +341,7 @@ impl PodSeries {
         for (labels, _) in self.observed.values() {
             f.observed_requests.remove(labels);
         }
-        for (labels, _) in self.durations.values() {
+        if let Some((labels, _)) = &self.durations {
             f.request_duration.remove(labels);
         }
     }

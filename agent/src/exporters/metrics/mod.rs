@@ -109,8 +109,8 @@ mod tests {
         let m = Metrics::register(&mut registry, &info());
         let server = &m.http.server;
         let mut web = PodSeries::new(server, &PodId::new("shop", "web"));
-        web.add_counts(server, &counts(10, 9, 1));
-        web.add_counts(server, &counts(2, 2, 0));
+        web.add_counts(server, &counts(10, 9, 1), false);
+        web.add_counts(server, &counts(2, 2, 0), false);
         web.set_rate(4.5);
         let text = render(&registry);
         let mut samples = samples_of(&text, "web");
@@ -119,27 +119,72 @@ mod tests {
         assert_eq!(
             samples,
             [
+                "podmeter_http_server_concurrency{namespace=\"shop\",pod=\"web\"} 0.0",
+                "podmeter_http_server_request_bytes_total{namespace=\"shop\",pod=\"web\"} 0",
                 "podmeter_http_server_requests_per_second{namespace=\"shop\",pod=\"web\"} 4.5",
                 "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 12",
                 "podmeter_http_server_requests_total{namespace=\"shop\",pod=\"web\",status_class=\"2xx\"} 11",
                 "podmeter_http_server_requests_total{namespace=\"shop\",pod=\"web\",status_class=\"5xx\"} 1",
+                "podmeter_http_server_response_bytes_total{namespace=\"shop\",pod=\"web\"} 0",
             ]
         );
         assert!(!text.contains("podmeter_http_client_requests_total{"));
     }
 
     #[test]
-    fn durations_land_in_their_buckets_with_upper_bounds_inclusive() {
+    fn without_route_labels_methods_and_classes_come_from_the_kernel_counters() {
+        use podmeter_common::{counter, method, status_class};
         let mut registry = Registry::default();
         let m = Metrics::register(&mut registry, &info());
         let server = &m.http.server;
         let mut web = PodSeries::new(server, &PodId::new("shop", "web"));
-        for latency_us in [100, 300, 2_000, 2_000, 45_000_000, 120_000_000] {
+        let mut delta = Counts::default();
+        delta.add(counter::requests(method::GET), 7);
+        delta.add(counter::requests(method::DELETE), 2);
+        delta.add(counter::responses(method::GET, 2), 6);
+        delta.add(counter::responses(method::GET, status_class::NONE), 1);
+        delta.add(counter::responses(method::DELETE, 4), 2);
+        web.add_counts(server, &delta, true);
+        let text = render(&registry);
+        let observed =
+            "podmeter_http_server_observed_requests_total{namespace=\"shop\",pod=\"web\"";
+        for (labels, n) in [
+            ("method=\"GET\",status_class=\"2xx\"", 6),
+            ("method=\"GET\",status_class=\"none\"", 1),
+            ("method=\"DELETE\",status_class=\"4xx\"", 2),
+        ] {
+            assert!(
+                text.contains(&format!("{observed},{labels}}} {n}\n")),
+                "{labels}\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("podmeter_http_server_observed_requests_total{")
+                .count(),
+            3
+        );
+        // With route labels on, the events book them (with routes) instead.
+        let mut api = PodSeries::new(server, &PodId::new("shop", "api"));
+        api.add_counts(server, &delta, false);
+        assert!(
+            !render(&registry).contains("observed_requests_total{namespace=\"shop\",pod=\"api\"")
+        );
+    }
+
+    #[test]
+    fn durations_land_in_the_buckets_of_their_kernel_bucket_midpoints() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, &info());
+        let server = &m.http.server;
+        let mut web = PodSeries::new(server, &PodId::new("shop", "web"));
+        for latency_us in [90, 300, 2_000, 2_000, 45_000_000, 120_000_000] {
             web.observe(
                 server,
                 &exchange(Method::Get, Outcome::Status(200), Some(latency_us)),
                 None,
             );
+            let bucket = podmeter_common::latency::bucket(latency_us * 1_000);
+            web.observe_durations(server, &[(bucket, 1)]);
         }
         // Closed without a response: counted, but no duration.
         web.observe(
@@ -193,7 +238,8 @@ mod tests {
         );
         let text = render(&registry);
         assert!(text.contains("podmeter_http_client_observed_requests_total{namespace=\"shop\",pod=\"api\",method=\"DELETE\",status_class=\"4xx\",route=\"/items/{id}\"} 1\n"), "{text}");
-        assert!(text.contains("podmeter_http_client_request_duration_seconds_count{namespace=\"shop\",pod=\"api\",route=\"/items/{id}\"} 1\n"), "{text}");
+        // Durations come from the kernel, which knows no routes.
+        assert!(!text.contains("podmeter_http_client_request_duration_seconds_count{namespace=\"shop\",pod=\"api\",route="), "{text}");
     }
 
     #[test]
@@ -204,8 +250,8 @@ mod tests {
         let series = |pod: &PodId| {
             let [mut server, mut client] =
                 Side::ALL.map(|side| PodSeries::new(m.http.side(side), pod));
-            server.add_counts(&m.http.server, &counts(3, 2, 1));
-            client.add_counts(&m.http.client, &counts(1, 1, 0));
+            server.add_counts(&m.http.server, &counts(3, 2, 1), false);
+            client.add_counts(&m.http.client, &counts(1, 1, 0), false);
             server.observe(
                 &m.http.server,
                 &exchange(Method::Get, Outcome::Status(200), Some(500)),
@@ -229,7 +275,7 @@ mod tests {
         assert_eq!(samples_of(&after, "db"), samples_of(&before, "db"));
         // How many pods have series after a removal is the books' (see `books::tests`).
         // A pod that comes back starts from zero.
-        PodSeries::new(&m.http.server, &web).add_counts(&m.http.server, &counts(1, 1, 0));
+        PodSeries::new(&m.http.server, &web).add_counts(&m.http.server, &counts(1, 1, 0), false);
         assert!(render(&registry).contains(
             "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 1\n"
         ));
@@ -367,12 +413,13 @@ mod tests {
         let _series = Side::ALL.map(|side| {
             let families = m.http.side(side);
             let mut series = PodSeries::new(families, &web);
-            series.add_counts(families, &counts(2, 1, 1));
+            series.add_counts(families, &counts(2, 1, 1), false);
             series.observe(
                 families,
                 &exchange(Method::Get, Outcome::Status(200), Some(800)),
                 None,
             );
+            series.observe_durations(families, &[(podmeter_common::latency::bucket(800_000), 1)]);
             series
         });
         with_health(&mut registry, HealthReading::default(), true);

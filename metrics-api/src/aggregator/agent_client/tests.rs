@@ -7,17 +7,13 @@ use std::sync::{
 };
 
 use axum::{Json, Router, http::HeaderMap, routing::get};
-use podmeter_wire::{FlowReply, FlowTotals, Observed, UnattributedReply};
+use podmeter_wire::{FlowReply, Observed, UnattributedReply};
 use tokio::net::TcpListener;
 
 use super::*;
 
 fn empty_reply() -> PodsReply {
-    let flow = FlowReply {
-        totals: FlowTotals::default(),
-        rate: 0.0,
-        duration: None,
-    };
+    let flow = FlowReply::default();
     PodsReply {
         rate_window_seconds: 30,
         pods: Vec::new(),
