@@ -20,6 +20,9 @@ pub mod peer {
     pub const REMOTE: u16 = 0;
     /// Over the loopback device: the other end is in the same network namespace, i.e. the same pod.
     pub const LOOPBACK: u16 = 1;
+    /// The client is a process of the node itself, in a cgroup of no pod (kubelet probes, node
+    /// agents): set on server sockets only, from the client socket the kernel saw on this node.
+    pub const NODE: u16 = 2;
 }
 
 /// Kinds of [`HttpEvent`].
@@ -244,6 +247,8 @@ pub mod connection_flag {
     /// Response-direction data that is not an interim response arrived while awaiting a
     /// response: the server answered, even if its status line was not recognised.
     pub const RESPONSE_DATA: u32 = 4;
+    /// `cgroup_id` and `peer` are set (at the connection's first request; neither changes).
+    pub const PEER: u32 = 32;
 }
 
 /// Value of the kernel's connection table ([`names::CONNECTIONS`], keyed by socket cookie):
@@ -251,7 +256,7 @@ pub mod connection_flag {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
-    /// cgroup of the socket, set at the first request (sock_ops does not know it).
+    /// cgroup of the socket, set at the first request (sock_ops does not know it), with `PEER`.
     pub cgroup_id: u64,
     /// When the request in progress started (`bpf_ktime_get_ns()`, CLOCK_MONOTONIC), while
     /// `AWAITING_RESPONSE`.
@@ -390,11 +395,28 @@ pub mod names {
     pub const PENDING: &str = "PENDING";
     pub const FLOWS: &str = "FLOWS";
     pub const LATENCY: &str = "LATENCY";
+    pub const NODE_CGROUPS: &str = "NODE_CGROUPS";
+    pub const NODE_CLIENTS: &str = "NODE_CLIENTS";
     /// The global that turns per-request events on (1) or off (0, the default).
     pub const EVENTS_ON: &str = "EVENTS_ON";
     pub const INGRESS: &str = "podmeter_ingress";
     pub const EGRESS: &str = "podmeter_egress";
     pub const SOCK_OPS: &str = "podmeter_sock_ops";
+}
+
+/// A TCP segment's two ends, as on the wire (IPv4 in the first 4 bytes).
+///
+/// Also the key of the kernel's table of connections opened by the node's own processes
+/// ([`names::NODE_CLIENTS`]), taken from a request as it leaves the client's socket and found
+/// again as it arrives at the server's socket on the same node, so `src` is the client there.
+/// The parser fills it in place so the look-up needs no copy on the eBPF stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SegmentEnds {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
 }
 
 #[cfg(feature = "user")]
@@ -412,4 +434,5 @@ const _: () = {
     assert!(size_of::<HttpEvent>() == 3 * 8 + 5 * 4 + 2 * 2 + HEAD_LEN);
     assert!(size_of::<Connection>() == 2 * 8 + 9 * 4 + 2 * 2);
     assert!(size_of::<FlowSums>() == 8 * 8);
+    assert!(size_of::<SegmentEnds>() == 2 * 16 + 2 * 2);
 };

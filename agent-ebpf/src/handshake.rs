@@ -74,10 +74,10 @@ pub fn park(
     ts: u64,
 ) -> bool {
     let key = PendingKey {
-        remote: seg.src,
+        remote: seg.ends.src,
         family: seg.family,
-        remote_port: seg.src_port,
-        local_port: seg.dst_port,
+        remote_port: seg.ends.src_port,
+        local_port: seg.ends.dst_port,
     };
     // SAFETY: read-only look-up of a plain value.
     if let Some(old) = unsafe { PENDING.get(&key) }
@@ -157,7 +157,7 @@ pub fn adopt(ctx: &SockOpsContext, cookie: u64) -> bool {
         phase: phase::AWAITING_RESPONSE,
         peer: p.peer,
         method: p.method,
-        flags: flag::REQ_SEQ | flag::REQ_EDGE | flag::RESP_EDGE,
+        flags: flag::REQ_SEQ | flag::REQ_EDGE | flag::RESP_EDGE | flag::PEER,
         req_seq: p.req_seq,
         req_edge: p.req_seq.wrapping_add(p.len),
         resp_edge: p.ack,

@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use podmeter_common::{Connection, CountKey, FlowSums, names, stat};
+use podmeter_common::{Connection, CountKey, FlowSums, SegmentEnds, names, stat};
 
 use crate::handshake::{Pending, PendingKey};
 
@@ -44,6 +44,16 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::SLOTS, 
 #[map]
 pub static PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(4_096, 0);
 
+/// The cgroups of the node's own processes (kubelet, node agents: cgroups of no pod), written by
+/// the agent. A connection one of them opens is recorded in `NODE_CLIENTS`.
+#[map]
+pub static NODE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4_096, 0);
+
+/// Connections the node's own processes opened, until the server's socket on this node sees
+/// their first request (and removes the entry). Entries to servers elsewhere age out.
+#[map]
+pub static NODE_CLIENTS: LruHashMap<SegmentEnds, u8> = LruHashMap::with_max_entries(4_096, 0);
+
 shared_name!(COUNTS, names::COUNTS);
 shared_name!(CONNECTIONS, names::CONNECTIONS);
 shared_name!(EVENTS, names::EVENTS);
@@ -51,6 +61,8 @@ shared_name!(STATS, names::STATS);
 shared_name!(PENDING, names::PENDING);
 shared_name!(FLOWS, names::FLOWS);
 shared_name!(LATENCY, names::LATENCY);
+shared_name!(NODE_CGROUPS, names::NODE_CGROUPS);
+shared_name!(NODE_CLIENTS, names::NODE_CLIENTS);
 
 /// Checks at compile time that the map or program `$item`, whose ELF name is its Rust name, is
 /// named `$shared`, the name userspace looks it up by. Naming `$item` makes a rename fail here.

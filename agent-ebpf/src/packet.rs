@@ -1,6 +1,7 @@
 //! Parsing the IPv4/IPv6 and TCP headers of a `cgroup_skb` packet (data starts at the IP header).
 
 use aya_ebpf::programs::SkBuffContext;
+use podmeter_common::SegmentEnds;
 
 const IPPROTO_TCP: u8 = 6;
 pub const AF_INET: u32 = 2;
@@ -10,10 +11,7 @@ pub const AF_INET6: u32 = 10;
 pub struct Segment {
     pub family: u32,
     /// Source and destination as on the wire; the caller orders them by direction.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub src_port: u16,
-    pub dst_port: u16,
+    pub ends: SegmentEnds,
     pub seq: u32,
     /// The acknowledgement number: the next sequence number expected from the other end.
     pub ack: u32,
@@ -26,9 +24,9 @@ impl Segment {
     #[inline(always)]
     pub fn has_loopback_address(&self) -> bool {
         if self.family == AF_INET {
-            return self.src[0] == 127 || self.dst[0] == 127;
+            return self.ends.src[0] == 127 || self.ends.dst[0] == 127;
         }
-        is_ipv6_loopback(&self.src) || is_ipv6_loopback(&self.dst)
+        is_ipv6_loopback(&self.ends.src) || is_ipv6_loopback(&self.ends.dst)
     }
 }
 
@@ -45,10 +43,12 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
     let first: u8 = ctx.load(0).ok()?;
     let mut seg = Segment {
         family: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: 0,
-        dst_port: 0,
+        ends: SegmentEnds {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+        },
         seq: 0,
         ack: 0,
         payload_off: 0,
@@ -65,8 +65,8 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
                 return None;
             }
             seg.family = AF_INET;
-            seg.src[..4].copy_from_slice(&ip[12..16]);
-            seg.dst[..4].copy_from_slice(&ip[16..20]);
+            seg.ends.src[..4].copy_from_slice(&ip[12..16]);
+            seg.ends.dst[..4].copy_from_slice(&ip[16..20]);
             u32::from(ip[0] & 0x0f) * 4
         }
         6 => {
@@ -76,8 +76,8 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
                 return None;
             }
             seg.family = AF_INET6;
-            seg.src.copy_from_slice(&ip[8..24]);
-            seg.dst.copy_from_slice(&ip[24..40]);
+            seg.ends.src.copy_from_slice(&ip[8..24]);
+            seg.ends.dst.copy_from_slice(&ip[24..40]);
             40
         }
         _ => return None,
@@ -86,8 +86,8 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         return None;
     }
     let tcp: [u8; 14] = ctx.load(l4 as usize).ok()?;
-    seg.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-    seg.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    seg.ends.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    seg.ends.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     seg.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     seg.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     let doff = u32::from(tcp[12] >> 4) * 4;

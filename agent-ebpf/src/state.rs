@@ -27,7 +27,7 @@ use crate::{
     },
     handshake,
     http::{self, CONTINUE_LEN, PREFIX},
-    maps::CONNECTIONS,
+    maps::{CONNECTIONS, NODE_CGROUPS, NODE_CLIENTS},
     packet::{self, Segment},
 };
 
@@ -59,7 +59,7 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
     if ingress && handshake::on_listener(ctx) {
         let method = http::request_method(&prefix, seg.payload_len);
         if method != 0 {
-            let (cgroup_id, conn_peer) = socket_cgroup_and_peer(skb, &seg);
+            let (cgroup_id, conn_peer) = socket_cgroup_and_peer(skb, &seg, role::SERVER);
             let ts = now();
             if handshake::park(&seg, &prefix, cgroup_id, conn_peer, method, ts) {
                 let key = CountKey {
@@ -198,18 +198,33 @@ fn take_bytes(conn: &mut Connection) -> Bytes {
     bytes
 }
 
-/// The socket's cgroup, and whether the packet crossed the loopback device (the peer is in the
-/// same network namespace) or carries a loopback address.
+/// The socket's cgroup and the connection's peer class, from its first request `seg` (sent by a
+/// socket of `conn_role`):
+/// - `LOOPBACK` when the packet crossed the loopback device (the peer is in the same network
+///   namespace) or carries a loopback address;
+/// - on a server socket, `NODE` when a process of the node itself (a cgroup in `NODE_CGROUPS`)
+///   opened the connection: its socket recorded the connection as this request left it;
+/// - `REMOTE` otherwise.
 #[inline(always)]
-fn socket_cgroup_and_peer(skb: *mut __sk_buff, seg: &Segment) -> (u64, u16) {
+fn socket_cgroup_and_peer(skb: *mut __sk_buff, seg: &Segment, conn_role: u32) -> (u64, u16) {
     // SAFETY: helper called with, and a field read from, the program's own context.
     let (cgroup_id, ifindex) = unsafe { (bpf_skb_cgroup_id(skb), (*skb).ifindex) };
-    let conn_peer = if ifindex == 1 || seg.has_loopback_address() {
-        peer::LOOPBACK
+    if ifindex == 1 || seg.has_loopback_address() {
+        return (cgroup_id, peer::LOOPBACK);
+    }
+    if conn_role == role::SERVER {
+        // SAFETY: read-only look-up of a plain value.
+        if unsafe { NODE_CLIENTS.get(&seg.ends) }.is_some() {
+            let _ = NODE_CLIENTS.remove(&seg.ends);
+            return (cgroup_id, peer::NODE);
+        }
     } else {
-        peer::REMOTE
-    };
-    (cgroup_id, conn_peer)
+        // SAFETY: read-only look-up of a plain value.
+        if unsafe { NODE_CGROUPS.get(&cgroup_id) }.is_some() {
+            let _ = NODE_CLIENTS.insert(&seg.ends, &1, 0);
+        }
+    }
+    (cgroup_id, peer::REMOTE)
 }
 
 #[inline(always)]
@@ -239,7 +254,10 @@ fn on_request_direction(
         end_exchange(conn, cookie, status_class::OTHER, 0);
         bump(stat::RESPONSES_UNRECOGNISED);
     }
-    (conn.cgroup_id, conn.peer) = socket_cgroup_and_peer(skb, seg);
+    if conn.flags & flag::PEER == 0 {
+        (conn.cgroup_id, conn.peer) = socket_cgroup_and_peer(skb, seg, conn.role);
+        conn.flags |= flag::PEER;
+    }
     let ts = now();
     conn.phase = phase::AWAITING_RESPONSE;
     conn.req_seq = seg.seq;

@@ -1,6 +1,7 @@
 //! The agent's main loop: attach, then read counters and drain events until told to stop.
 
 use std::{
+    collections::HashSet,
     future::Future,
     net::SocketAddr,
     os::fd::AsFd,
@@ -41,6 +42,7 @@ use crate::{
     kernel::counters::{self, Deltas},
     kernel::flow_sums::{self, FlowDeltas},
     kernel::latency_histogram::{self, HistogramDeltas},
+    kernel::node_cgroups::NodeCgroups,
     kernel::pins,
     kernel::preflight,
     kernel::programs::{MapSizes, Probes},
@@ -80,6 +82,9 @@ pub struct Config {
     pub route_labels: bool,
     /// Distinct routes per pod and direction before the rest go to `other`.
     pub max_routes_per_pod: usize,
+    /// Count requests from the node's own processes (kubelet probes, node agents) in the pods'
+    /// inbound rate, instead of apart as `node_inbound`.
+    pub node_requests_in_rate: bool,
     /// Authentication of the API's callers (`listen`; `metrics_listen` stays open).
     pub api_auth: crate::exporters::api_auth::ApiAuth,
     /// bpffs directory where the programs and counters are pinned so that they outlive the agent
@@ -117,6 +122,7 @@ impl Default for Config {
             route_labels: false,
             // 50 routes x 21 histogram series stays near a thousand series per pod and side.
             max_routes_per_pod: usize::from(routes::DEFAULT_CAP),
+            node_requests_in_rate: false,
             // Loopback by default; a cluster install turns on TokenReview.
             api_auth: crate::exporters::api_auth::ApiAuth::None,
             // Opt-in: without it nothing outlives the agent.
@@ -150,6 +156,16 @@ impl Resolver {
             self.cache.insert(cgroup_id, pod.clone());
         }
         pod
+    }
+
+    /// The node's own cgroups (see [`NodeCgroups`]), from a scan made now.
+    fn node_cgroups(&mut self) -> HashSet<u64> {
+        self.cgroups.rescan();
+        self.cgroups
+            .all()
+            .filter(|(_, path)| self.identity.is_node_cgroup(path))
+            .map(|(id, _)| id)
+            .collect()
     }
 }
 
@@ -201,7 +217,11 @@ pub async fn run(
         mut latency,
         stats,
         events,
+        node_cgroups,
     } = probes;
+    // Requests from the node's own processes (kubelet probes) are booked apart unless asked for
+    // in the rate: then the kernel's set is emptied and they count like any other.
+    let mut node_cgroups = NodeCgroups::new(node_cgroups);
     let attached = Instant::now();
     // The rate windows start when the kernel counters were zero, or, on a takeover, at the
     // previous agent's last read: the first read spreads what it missed over the gap.
@@ -255,6 +275,16 @@ pub async fn run(
         identity,
         cache: FastMap::default(),
     };
+    if config.node_requests_in_rate {
+        node_cgroups.sync(&HashSet::new());
+        info!("requests from the node's own cgroups (kubelet probes) count in the pods' rates");
+    } else {
+        node_cgroups.sync(&resolver.node_cgroups());
+        info!(
+            cgroups = node_cgroups.len(),
+            "requests from the node's own cgroups (kubelet probes) are booked apart"
+        );
+    }
     let mut deltas = Deltas::default();
     let mut kernel_sums = KernelSums::default();
     if history.is_some() {
@@ -348,6 +378,9 @@ pub async fn run(
                 kernel_sums.sweep(&mut flow_sums, &mut latency, &mut resolver);
                 sweep_dead_cgroups(&mut counts, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared, config.pod_grace);
                 count_connections(&programs, &config.map_sizes, &shared);
+                if !config.node_requests_in_rate {
+                    node_cgroups.sync(&resolver.node_cgroups());
+                }
             }
         }
     }
@@ -662,7 +695,7 @@ fn sweep_dead_cgroups(
     let keys: Vec<CountKey> = counts.keys().filter_map(Result::ok).collect();
     let listed = Instant::now();
     let mut removed = 0u64;
-    let mut live_pods = std::collections::HashSet::new();
+    let mut live_pods = HashSet::new();
     for key in keys {
         // Not `exists`: a counter can appear for a cgroup the index has not scanned yet (at the
         // agent's first sweep, a pod's first request), and deleting it would lose its count.

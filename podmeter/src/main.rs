@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_ROUTE_CAP,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         max_routes_per_pod: u16,
+        /// Count requests from the node's own processes (kubelet probes, node agents: cgroups
+        /// of no pod) in the pods' inbound rate and `http_requests_per_second`. By default they
+        /// are booked apart, as `node_inbound`.
+        #[arg(long, env = "PODMETER_NODE_REQUESTS_IN_RATE")]
+        node_requests_in_rate: bool,
         /// `token-review`: serve the API address (`--listen`) over TLS only, and require a
         /// bearer token for `--token-audience` (TokenReview) whose user may `get`
         /// `nodes/podmeter` (SubjectAccessReview); `/healthz` and `--metrics-listen` stay open.
@@ -188,6 +193,7 @@ fn main() -> ExitCode {
             rate_window_secs,
             route_labels,
             max_routes_per_pod,
+            node_requests_in_rate,
             api_auth,
             token_audience,
             tls_cert_file,
@@ -218,6 +224,7 @@ fn main() -> ExitCode {
                 rate_window: rate_window_secs,
                 route_labels,
                 max_routes_per_pod: usize::from(max_routes_per_pod),
+                node_requests_in_rate,
                 api_auth: match api_auth {
                     ApiAuthFlag::None => ApiAuth::None,
                     ApiAuthFlag::TokenReview => ApiAuth::TokenReview {

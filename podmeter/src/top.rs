@@ -20,7 +20,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>10}   (rates and p95 over {} s)",
+            "{:<16} {:<24} {:>10} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>7} {:>10}   (rates and p95 over {} s)",
             "NAMESPACE",
             "POD",
             "IN",
@@ -30,6 +30,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
             "2xx",
             "5xx",
             "LOOPBACK",
+            "PROBES",
             "IN p95 ms",
             reply.rate_window_seconds
         );
@@ -37,7 +38,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
             let (inbound, responses) = (&p.inbound.totals, &p.inbound.totals.responses);
             let _ = writeln!(
                 out,
-                "{:<16} {:<24} {:>10} {:>9.1} {:>10} {:>9.1} {:>7} {:>7} {:>9} {:>10}",
+                "{:<16} {:<24} {:>10} {:>9.1} {:>10} {:>9.1} {:>7} {:>7} {:>9} {:>7} {:>10}",
                 p.namespace,
                 p.name,
                 inbound.requests,
@@ -47,6 +48,7 @@ pub fn run(base: &str, interval: Duration, iterations: Option<u64>) -> anyhow::R
                 responses.success,
                 responses.server_error,
                 p.loopback_inbound.totals.requests,
+                p.node_inbound.totals.requests,
                 p.inbound
                     .duration
                     .as_ref()

@@ -308,6 +308,7 @@ mod tests {
             outbound: flow(outbound),
             loopback_inbound: flow(0),
             loopback_outbound: flow(0),
+            node_inbound: flow(0),
             observed: ObservedReply::default(),
         }
     }
@@ -325,6 +326,7 @@ mod tests {
                 outbound: flow(0),
                 loopback_inbound: flow(0),
                 loopback_outbound: flow(0),
+                node_inbound: flow(0),
                 observed_inbound: Observed::default(),
                 observed_outbound: Observed::default(),
             },

@@ -1,13 +1,13 @@
 //! Real HTTP clients (hey, curl) run inside a pod or in the root namespace, with what they report
 //! parsed into requests completed per status code.
 
-use std::{collections::BTreeMap, fmt::Write as _, process::Command, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
 use crate::{
     netns::Pod,
-    process::{CommandOutput, run, run_with_input},
+    process::{CommandOutput, place, run, run_with_input},
     tempdir::{self, TempDir},
 };
 
@@ -116,6 +116,14 @@ impl Hey {
     /// Runs hey in the root namespace and the caller's cgroup.
     pub fn run_from_root(&self) -> Result<ClientReport> {
         self.run_with(Command::new("hey"))
+    }
+
+    /// Runs hey in the root namespace and in `cgroup`: a process of the node itself, as the
+    /// agent sees one when `cgroup` is below its root and belongs to no pod (a kubelet).
+    pub fn run_from_node(&self, cgroup: &Path) -> Result<ClientReport> {
+        let mut command = Command::new("hey");
+        place(&mut command, None, Some(cgroup))?;
+        self.run_with(command)
     }
 
     fn run_with(&self, mut command: Command) -> Result<ClientReport> {

@@ -1,6 +1,9 @@
 //! An L7 load balancer in front of one Deployment's pods on a [`crate::node::RealNode`], as an
 //! ingress controller runs it: nginx on the host's loopback, round robin per request, whose
 //! upstream list is the Deployment's Ready pods, rewritten and reloaded whenever they change.
+//! It runs in a cgroup of the kubelet's pods tree, as an ingress controller's pod would: a
+//! process in a cgroup of no pod is the node's own to the agent (a kubelet, a node agent), and
+//! its requests are booked apart from the pods' rates.
 //!
 //! nginx never retries a request on another pod (`proxy_next_upstream off`), and its access log
 //! names the pod address each request went to, so a test knows exactly how many requests every
@@ -9,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::TcpListener,
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -16,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{ChildGuard, TempDir, tempdir, wait::poll_until};
+use crate::{ChildGuard, TempDir, cgroup::CgroupGuard, process::place, tempdir, wait::poll_until};
 
 const UPSTREAM_FILE: &str = "upstream.conf";
 const ACCESS_LOG: &str = "access.log";
@@ -31,12 +35,16 @@ pub struct Ingress {
     upstreams: BTreeSet<String>,
     process: ChildGuard,
     dir: TempDir,
+    /// Held for its drop only, which runs after the process's: the cgroup is empty by then.
+    _cgroup: CgroupGuard,
 }
 
 impl Ingress {
-    /// Starts nginx on a free loopback port, sending to `pod_port` of the pods of Deployment
-    /// `name` (an empty list answers 502 until [`Ingress::sync`] finds a Ready pod).
-    pub fn start(name: &str, pod_port: u16) -> Result<Self> {
+    /// Starts nginx on a free loopback port, in the new cgroup `cgroup` (removed at drop),
+    /// sending to `pod_port` of the pods of Deployment `name` (an empty list answers 502 until
+    /// [`Ingress::sync`] finds a Ready pod).
+    pub fn start(name: &str, pod_port: u16, cgroup: PathBuf) -> Result<Self> {
+        let cgroup = CgroupGuard::create(cgroup)?;
         let dir = tempdir::new(&format!("ingress-{name}"))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let d = dir.path().display();
@@ -67,6 +75,7 @@ impl Ingress {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        place(&mut command, None, Some(cgroup.path()))?;
         let mut process = ChildGuard::spawn(command, format!("ingress {name}"))?;
         let pid = process.pid();
         let up = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
@@ -83,6 +92,7 @@ impl Ingress {
             upstreams: BTreeSet::new(),
             process,
             dir,
+            _cgroup: cgroup,
         })
     }
 

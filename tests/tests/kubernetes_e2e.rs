@@ -115,6 +115,9 @@ fn agent_service_yaml() -> String {
 
 /// Where a kubelet puts a pod's container cgroup: the cgroupfs driver's layout for the first pod,
 /// the systemd driver's for the others (container ids are 64 hex digits).
+/// The UID of a pod the API server does not have.
+const UNLISTED_UID: &str = "0c11e470-0000-4000-8000-000000000001";
+
 fn kubelet_cgroup(uid: &str, systemd: bool) -> PathBuf {
     let container = uid.replace('-', "").repeat(2);
     if systemd {
@@ -331,7 +334,12 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     let first = place(&cp, &cluster, &name, &uid, false);
     let (name, uid) = created.next().expect("second pod");
     let second = place(&cp, &cluster, &name, &uid, true);
-    let client = cluster.pod("load", "client").expect("client pod");
+    // The client is a pod the API does not list (as if it ran on another node): its requests
+    // are traffic, and count for no pod. A client in a cgroup outside the kubelet's pods tree
+    // would be the node's own, booked apart from the web pods' rates (`node_requests`).
+    let client = cluster
+        .pod_in_cgroup("load", "client", &kubelet_cgroup(UNLISTED_UID, false))
+        .expect("client pod");
     let first_server = ScriptedServer::start(&first.pod).expect("server in the first pod");
     let second_server = ScriptedServer::start(&second.pod).expect("server in the second pod");
     for replica in [&first, &second] {
@@ -428,7 +436,7 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     println!("concurrency {concurrency:?}; request bytes per second {served_bytes:?}");
 
     // The agent named them from the API: namespace, name, UID and the owning Deployment. The
-    // client's cgroup is no kubelet pod's: its requests count for no pod.
+    // client's pod is not in the API: its requests count for no pod.
     let pods = agent_pods(&agent, &token);
     for replica in [&first, &second] {
         let e =

@@ -12,7 +12,8 @@
 //!   pinned counters, the HPAs keep 2 and 5, and no value served meanwhile is older than the
 //!   metrics API's staleness bound;
 //! - every backend pod's exact request total, read from the agent at the end, equals what the
-//!   load balancer sent it (its access log), the agent restart included;
+//!   load balancer sent it (its access log), the agent restart included, and the kubelet's HTTP
+//!   readiness probes are booked apart as the node's requests;
 //! - `kubectl delete -k deploy/base` removes everything, the pinned programs included.
 
 use std::{
@@ -90,9 +91,9 @@ spec:
         image: {HTTPD_IMAGE}
         imagePullPolicy: Never
         ports: [{{containerPort: {HTTPD_PORT}}}]
-        # A TCP probe: it sends no HTTP request, so every request a pod serves is the load's.
+        # The kubelet's HTTP probes are the node's requests: booked apart, not in the rate.
         readinessProbe:
-          tcpSocket: {{port: {HTTPD_PORT}}}
+          httpGet: {{path: /, port: {HTTPD_PORT}}}
           periodSeconds: 1
 "
     )
@@ -484,7 +485,13 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
     let mut loads: Vec<Load> = BACKENDS
         .iter()
         .map(|(name, _)| Load {
-            ingress: Ingress::start(name, HTTPD_PORT).expect("ingress"),
+            ingress: Ingress::start(
+                name,
+                HTTPD_PORT,
+                node.kubepods_cgroup(&cgroup2)
+                    .join(format!("ingress-{name}")),
+            )
+            .expect("ingress"),
             hey: None,
         })
         .collect();
@@ -697,8 +704,11 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
                 .unwrap_or_else(|| panic!("the agent reports no {name}"));
             let total: u64 = statuses.values().sum();
             println!(
-                "{name} ({upstream}): sent {statuses:?}, agent counted {} requests, {} 2xx",
-                counted.inbound.totals.requests, counted.inbound.totals.responses.success
+                "{name} ({upstream}): sent {statuses:?}, agent counted {} requests, {} 2xx, \
+                 and {} probes from the node",
+                counted.inbound.totals.requests,
+                counted.inbound.totals.responses.success,
+                counted.node_inbound.totals.requests
             );
             assert_eq!(
                 counted.inbound.totals.requests, total,
@@ -707,6 +717,11 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
             assert_eq!(
                 counted.inbound.totals.responses.success,
                 statuses.get("200").copied().unwrap_or(0)
+            );
+            // The kubelet probed it every second; none of that is in the total above.
+            assert!(
+                counted.node_inbound.totals.requests > 0,
+                "{name}: the kubelet's probes, booked as the node's: {counted:?}"
             );
             compared += 1;
         }

@@ -41,6 +41,9 @@ pub struct PodReply {
     /// Requests sent to a peer inside the pod (over loopback); not part of `outbound`.
     #[serde(default)]
     pub loopback_outbound: FlowReply,
+    /// Requests served to the node itself (kubelet probes, node agents); not part of `inbound`.
+    #[serde(default)]
+    pub node_inbound: FlowReply,
     #[serde(default)]
     pub observed: ObservedReply,
 }
@@ -171,6 +174,9 @@ pub struct UnattributedReply {
     pub outbound: FlowReply,
     pub loopback_inbound: FlowReply,
     pub loopback_outbound: FlowReply,
+    /// Requests served to the node itself (kubelet probes, node agents); not part of `inbound`.
+    #[serde(default)]
+    pub node_inbound: FlowReply,
     pub observed_inbound: Observed,
     pub observed_outbound: Observed,
 }
@@ -218,6 +224,7 @@ mod tests {
                 outbound: flow.clone(),
                 loopback_inbound: flow.clone(),
                 loopback_outbound: flow.clone(),
+                node_inbound: flow.clone(),
                 observed: ObservedReply {
                     inbound: observed.clone(),
                     outbound: Observed::default(),
@@ -227,7 +234,8 @@ mod tests {
                 inbound: flow.clone(),
                 outbound: flow.clone(),
                 loopback_inbound: flow.clone(),
-                loopback_outbound: flow,
+                loopback_outbound: flow.clone(),
+                node_inbound: flow,
                 observed_inbound: observed,
                 observed_outbound: Observed::default(),
             },
@@ -251,6 +259,27 @@ mod tests {
         .expect("parses");
         assert_eq!(reply.pods[0].inbound.rate, 1.5);
         assert_eq!(reply.pods[0].outbound, FlowReply::default());
+        assert_eq!(reply.pods[0].node_inbound, FlowReply::default());
+    }
+
+    #[test]
+    fn an_older_agent_without_node_requests_reads_as_none_served_to_the_node() {
+        let mut unattributed = UnattributedReply::default();
+        unattributed.inbound.totals.requests = 4;
+        let reply = PodsReply {
+            rate_window_seconds: 30,
+            pods: Vec::new(),
+            unattributed,
+        };
+        let mut value = serde_json::to_value(&reply).expect("serialises");
+        let removed = value["unattributed"]
+            .as_object_mut()
+            .and_then(|u| u.remove("node_inbound"));
+        assert!(removed.is_some(), "{value}");
+        assert_eq!(
+            serde_json::from_value::<PodsReply>(value).expect("parses"),
+            reply
+        );
     }
 
     #[test]

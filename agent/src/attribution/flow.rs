@@ -13,6 +13,10 @@
 //! handing a request to its app): they are kept apart and add nothing to inbound or outbound.
 //! Connections opened before the agent started get their role from the direction of their first
 //! request.
+//!
+//! Requests a pod served to the node itself (the client a process in a cgroup of no pod: kubelet
+//! probes, node agents) are kept apart as well, so that probes add nothing to the per-pod QPS. The
+//! kernel tells them on server sockets only, from the client's socket it saw on this node.
 
 use podmeter_common::{peer, role};
 
@@ -27,11 +31,14 @@ pub enum Flow {
     LoopbackInbound,
     /// Requests sent to a peer inside the same pod (over loopback).
     LoopbackOutbound,
+    /// Requests this pod served to the node itself: kubelet probes and node agents; not part of
+    /// `Inbound`, so probes add nothing to the per-pod QPS.
+    NodeInbound,
 }
 
 impl Flow {
     /// How many flows there are: per-flow arrays have this length.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// The flow's place in a per-flow array.
     pub fn index(self) -> usize {
@@ -40,6 +47,7 @@ impl Flow {
             Flow::Outbound => 1,
             Flow::LoopbackInbound => 2,
             Flow::LoopbackOutbound => 3,
+            Flow::NodeInbound => 4,
         }
     }
 }
@@ -52,6 +60,7 @@ pub fn flow(socket_role: u32, peer_class: u16) -> Option<Flow> {
         (role::CLIENT, peer::REMOTE) => Some(Flow::Outbound),
         (role::SERVER, peer::LOOPBACK) => Some(Flow::LoopbackInbound),
         (role::CLIENT, peer::LOOPBACK) => Some(Flow::LoopbackOutbound),
+        (role::SERVER, peer::NODE) => Some(Flow::NodeInbound),
         _ => None,
     }
 }
@@ -76,6 +85,27 @@ mod tests {
             flow(role::CLIENT, peer::LOOPBACK),
             Some(Flow::LoopbackOutbound)
         );
+    }
+
+    #[test]
+    fn requests_served_to_the_node_never_add_to_inbound() {
+        assert_eq!(flow(role::SERVER, peer::NODE), Some(Flow::NodeInbound));
+        // The kernel tells the node only on server sockets.
+        assert_eq!(flow(role::CLIENT, peer::NODE), None);
+    }
+
+    #[test]
+    fn every_flow_has_its_own_index() {
+        let flows = [
+            Flow::Inbound,
+            Flow::Outbound,
+            Flow::LoopbackInbound,
+            Flow::LoopbackOutbound,
+            Flow::NodeInbound,
+        ];
+        let mut indices = flows.map(Flow::index);
+        indices.sort_unstable();
+        assert_eq!(indices, std::array::from_fn::<_, { Flow::COUNT }, _>(|i| i));
     }
 
     #[test]

@@ -59,6 +59,14 @@ impl PodBook {
         self.durations.summary(flow)
     }
 
+    /// Books requests served to the node itself into the pod's server series.
+    fn add_node_requests(&mut self, http: &HttpMetrics, pod: &PodId, requests: u64) {
+        let families = &http.server;
+        self.series[Side::Server.index()]
+            .get_or_insert_with(|| PodSeries::new(families, pod))
+            .add_node_requests(families, requests);
+    }
+
     /// Distinct routes (without `other`) the pod has in a flow's direction.
     #[cfg(test)]
     pub fn routes(&self, flow: Flow) -> usize {
@@ -154,6 +162,8 @@ impl Books {
                     book.series[side.index()]
                         .get_or_insert_with(|| PodSeries::new(families, pod))
                         .add_counts(families, delta, !events);
+                } else if *flow == Flow::NodeInbound {
+                    book.add_node_requests(&self.http, pod, delta.requests);
                 }
             });
         }
@@ -229,6 +239,8 @@ impl Books {
                     book.series[side.index()]
                         .get_or_insert_with(|| PodSeries::new(families, pod))
                         .add_counts(families, delta, by_method);
+                } else if *flow == Flow::NodeInbound {
+                    book.add_node_requests(&self.http, pod, delta.requests);
                 }
             });
         }

@@ -214,6 +214,7 @@ mod tests {
             t0 + Duration::from_secs(1),
             &[
                 (Some(web.clone()), Flow::Inbound, served(3)),
+                (Some(web.clone()), Flow::NodeInbound, served(2)),
                 (Some(db.clone()), Flow::Inbound, served(1)),
             ],
             &[],
@@ -297,6 +298,49 @@ mod tests {
             s.books.get(&new).map(|b| b.traffic().inbound.requests),
             Some(3)
         );
+    }
+
+    #[test]
+    fn requests_served_to_the_node_are_exported_apart_from_the_pods_requests() {
+        let (mut s, registry, t0) = state(None);
+        let (web, db) = (PodId::new("shop", "web"), PodId::new("shop", "db"));
+        s.book_history(&[(Some(web.clone()), Flow::NodeInbound, served(1))]);
+        s.book_counts(
+            t0 + Duration::from_secs(1),
+            &[
+                (Some(web.clone()), Flow::Inbound, served(3)),
+                (Some(web.clone()), Flow::NodeInbound, served(4)),
+                (Some(db.clone()), Flow::NodeInbound, served(2)),
+            ],
+            &[],
+        );
+        let text = scrape(&registry);
+        for line in [
+            "# HELP podmeter_http_server_node_requests_total Requests each pod served to the node itself (kubelet probes, node agents), left out of podmeter_http_server_requests_total and of http_requests_per_second.",
+            "# TYPE podmeter_http_server_node_requests_total counter",
+            "podmeter_http_server_node_requests_total{namespace=\"shop\",pod=\"web\"} 5",
+            "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"web\"} 3",
+            "podmeter_http_server_requests_total{namespace=\"shop\",pod=\"web\",status_class=\"2xx\"} 3",
+            "podmeter_http_server_requests_per_second{namespace=\"shop\",pod=\"web\"} 3.0",
+            // A pod only probed serves nothing else.
+            "podmeter_http_server_node_requests_total{namespace=\"shop\",pod=\"db\"} 2",
+            "podmeter_http_server_requests_started_total{namespace=\"shop\",pod=\"db\"} 0",
+            "podmeter_http_server_requests_per_second{namespace=\"shop\",pod=\"db\"} 0.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(!text.contains("pod=\"db\",status_class="), "{text}");
+        assert!(
+            !text.contains("podmeter_http_client_node_requests"),
+            "{text}"
+        );
+        let book = s.books.get(&web).expect("web's book");
+        let traffic = book.traffic();
+        assert_eq!(traffic.inbound.requests, 3);
+        assert_eq!(traffic.node_inbound.requests, 5);
+        assert_eq!(traffic.observed_inbound.exchanges, 3);
+        assert_eq!(s.books.rate(Some(&web), Flow::Inbound), 3.0);
+        assert_eq!(s.books.rate(Some(&web), Flow::NodeInbound), 4.0);
     }
 
     #[test]

@@ -161,8 +161,8 @@ impl RateClock {
     }
 }
 
-/// The running totals of one pod's four flows (or of the sockets of no pod), each from the first
-/// request it saw, on the shared [`RateClock`].
+/// The running totals of one pod's flows (or of the sockets of no pod), each from the first request
+/// it saw, on the shared [`RateClock`].
 #[derive(Clone, Debug, Default)]
 pub struct FlowRates([Option<Total>; Flow::COUNT]);
 

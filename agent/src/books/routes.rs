@@ -125,10 +125,10 @@ impl RouteCap {
 pub struct PodRoutes([Table; 2]);
 
 impl PodRoutes {
-    /// The table of a flow's direction: loopback flows share their direction's.
+    /// The table of a flow's direction: loopback and node flows share their direction's.
     fn direction(flow: Flow) -> usize {
         match flow {
-            Flow::Inbound | Flow::LoopbackInbound => 0,
+            Flow::Inbound | Flow::LoopbackInbound | Flow::NodeInbound => 0,
             Flow::Outbound | Flow::LoopbackOutbound => 1,
         }
     }

@@ -65,6 +65,8 @@ pub struct PodTraffic {
     pub loopback_inbound: FlowTotals,
     /// Requests sent to a peer inside the pod (over loopback); not part of `outbound`.
     pub loopback_outbound: FlowTotals,
+    /// Requests served to the node itself (kubelet probes, node agents); not part of `inbound`.
+    pub node_inbound: FlowTotals,
     pub observed_inbound: Observed,
     pub observed_outbound: Observed,
 }
@@ -77,6 +79,7 @@ impl PodTraffic {
             Flow::Outbound => &self.outbound,
             Flow::LoopbackInbound => &self.loopback_inbound,
             Flow::LoopbackOutbound => &self.loopback_outbound,
+            Flow::NodeInbound => &self.node_inbound,
         }
     }
 
@@ -86,15 +89,16 @@ impl PodTraffic {
             Flow::Outbound => &mut self.outbound,
             Flow::LoopbackInbound => &mut self.loopback_inbound,
             Flow::LoopbackOutbound => &mut self.loopback_outbound,
+            Flow::NodeInbound => &mut self.node_inbound,
         }
     }
 
-    /// What is known of a flow's exchanges; loopback flows are not observed apart.
+    /// What is known of a flow's exchanges; loopback and node flows are not observed apart.
     fn observed_mut(&mut self, flow: Flow) -> Option<&mut Observed> {
         match flow {
             Flow::Inbound => Some(&mut self.observed_inbound),
             Flow::Outbound => Some(&mut self.observed_outbound),
-            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
+            Flow::LoopbackInbound | Flow::LoopbackOutbound | Flow::NodeInbound => None,
         }
     }
 
@@ -143,9 +147,12 @@ mod tests {
         let mut p = PodTraffic::default();
         p.add_counts(Flow::Inbound, &delta(3, 3));
         p.add_counts(Flow::LoopbackInbound, &delta(3, 3));
+        p.add_counts(Flow::NodeInbound, &delta(4, 4));
         p.add_counts(Flow::Inbound, &delta(2, 1));
         assert_eq!((p.inbound.requests, p.inbound.responses.success), (5, 4));
         assert_eq!(p.loopback_inbound.requests, 3);
+        assert_eq!(p.node_inbound.requests, 4);
+        assert_eq!(p.observed_inbound.exchanges, 4);
         assert_eq!(p.outbound.requests, 0);
         assert_eq!(p.totals(Flow::Inbound).responses.total(), 4);
     }

@@ -63,12 +63,13 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Exact totals, rate and duration quantiles of each flow of a pod (`book`) or of the sockets of
 /// no pod (`None`: they get no durations).
-fn flows(traffic: &PodTraffic, books: &Books, book: Option<&PodBook>) -> [FlowReply; 4] {
+fn flows(traffic: &PodTraffic, books: &Books, book: Option<&PodBook>) -> [FlowReply; Flow::COUNT] {
     [
         Flow::Inbound,
         Flow::Outbound,
         Flow::LoopbackInbound,
         Flow::LoopbackOutbound,
+        Flow::NodeInbound,
     ]
     .map(|flow| {
         let rates = books.flow_rates(book, flow);
@@ -89,8 +90,13 @@ fn pods_reply(books: &Books) -> PodsReply {
         .pods()
         .map(|(id, book)| {
             let t = book.traffic();
-            let [inbound, outbound, loopback_inbound, loopback_outbound] =
-                flows(t, books, Some(book));
+            let [
+                inbound,
+                outbound,
+                loopback_inbound,
+                loopback_outbound,
+                node_inbound,
+            ] = flows(t, books, Some(book));
             PodReply {
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
@@ -100,6 +106,7 @@ fn pods_reply(books: &Books) -> PodsReply {
                 outbound,
                 loopback_inbound,
                 loopback_outbound,
+                node_inbound,
                 observed: ObservedReply {
                     inbound: t.observed_inbound.clone(),
                     outbound: t.observed_outbound.clone(),
@@ -109,7 +116,13 @@ fn pods_reply(books: &Books) -> PodsReply {
         .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let u = books.unattributed();
-    let [inbound, outbound, loopback_inbound, loopback_outbound] = flows(u, books, None);
+    let [
+        inbound,
+        outbound,
+        loopback_inbound,
+        loopback_outbound,
+        node_inbound,
+    ] = flows(u, books, None);
     PodsReply {
         rate_window_seconds: books.window().secs(),
         pods,
@@ -118,6 +131,7 @@ fn pods_reply(books: &Books) -> PodsReply {
             outbound,
             loopback_inbound,
             loopback_outbound,
+            node_inbound,
             observed_inbound: u.observed_inbound.clone(),
             observed_outbound: u.observed_outbound.clone(),
         },

@@ -87,6 +87,19 @@ impl CgroupIndex {
         dead
     }
 
+    /// Scans the tree now, whether or not an unknown id asked for it.
+    pub(crate) fn rescan(&mut self) {
+        self.scan();
+    }
+
+    /// Every cgroup indexed, the root included, with its path relative to the root.
+    pub(crate) fn all(&self) -> impl Iterator<Item = (u64, &Path)> {
+        self.root_id
+            .map(|id| (id, Path::new("")))
+            .into_iter()
+            .chain(self.paths.iter().map(|(id, p)| (*id, p.as_path())))
+    }
+
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
         let mut stack = vec![(self.root.clone(), 0usize)];

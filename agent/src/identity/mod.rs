@@ -135,6 +135,23 @@ impl Identity {
             Self::Kubernetes(k8s) => k8s.pod_of_cgroup(rel),
         }
     }
+
+    /// Whether a cgroup is the node's own (the kubelet's, a node agent's) rather than a pod's,
+    /// by its path alone: with Kubernetes, any path with no `kubepods` component (a pod whose
+    /// UID is not in the store yet is still a pod); otherwise a path that names no pod.
+    pub(crate) fn is_node_cgroup(&self, rel: &Path) -> bool {
+        match self {
+            Self::Local(local) => local.pod_of_cgroup(rel).is_none(),
+            Self::Kubernetes(_) => outside_kubepods(rel),
+        }
+    }
+}
+
+/// Whether no component of the path is the kubelet's pods tree (`kubepods`, `kubepods.slice`,
+/// `kubepods-burstable.slice`, ...).
+fn outside_kubepods(rel: &Path) -> bool {
+    !rel.components()
+        .any(|c| c.as_os_str().to_string_lossy().contains("kubepods"))
 }
 
 impl fmt::Debug for Identity {
@@ -164,6 +181,29 @@ mod tests {
             IdentityKind::choose(Some(Kubernetes), false, false),
             Kubernetes
         );
+    }
+
+    #[test]
+    fn the_nodes_cgroups_are_told_by_their_path() {
+        for node in [
+            "",
+            "system.slice/kubelet.service",
+            "user.slice",
+            "podmeter-probe",
+        ] {
+            assert!(outside_kubepods(Path::new(node)), "{node}");
+        }
+        for pod in [
+            "kubepods",
+            "kubepods/burstable/pod1234/abcd",
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice",
+            "kubelet.slice/kubelet-kubepods.slice",
+        ] {
+            assert!(!outside_kubepods(Path::new(pod)), "{pod}");
+        }
+        let dirs = Identity::Local(LocalIdentity::default());
+        assert!(dirs.is_node_cgroup(Path::new("")), "the root is no pod");
+        assert!(!dirs.is_node_cgroup(Path::new("shop/web-1")));
     }
 
     #[test]

@@ -41,16 +41,18 @@ use crate::Error;
 
 /// Version of what is pinned: the maps' key and value layouts, the META slots and the checkpoint's
 /// meaning. Bump it with any change to them; pins of another version are replaced, not read.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Maps of the eBPF object pinned by name: the programs and the agent share them.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 9] = [
     names::COUNTS,
     names::FLOWS,
     names::LATENCY,
     names::STATS,
     names::CONNECTIONS,
     names::PENDING,
+    names::NODE_CGROUPS,
+    names::NODE_CLIENTS,
     // The kept programs of a takeover write their events here: the next agent reads them.
     names::EVENTS,
 ];

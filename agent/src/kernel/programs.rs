@@ -60,6 +60,8 @@ pub struct Probes {
     pub latency: HashMap<MapData, CountKey, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
+    /// The node's own cgroups, which the agent writes.
+    pub node_cgroups: HashMap<MapData, u64, u8>,
 }
 
 /// A loader for the object with `sizes` applied.
@@ -132,6 +134,7 @@ impl Probes {
             latency: take_map(&mut ebpf, names::LATENCY)?,
             stats: take_map(&mut ebpf, names::STATS)?,
             events: take_map(&mut ebpf, names::EVENTS)?,
+            node_cgroups: take_map(&mut ebpf, names::NODE_CGROUPS)?,
             programs: ebpf,
         })
     }

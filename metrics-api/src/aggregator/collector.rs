@@ -212,6 +212,7 @@ mod tests {
             outbound: flow(0.0, None),
             loopback_inbound: flow(0.0, None),
             loopback_outbound: flow(0.0, None),
+            node_inbound: flow(0.0, None),
             observed: ObservedReply::default(),
         }
     }
@@ -225,6 +226,7 @@ mod tests {
                 outbound: flow(0.0, None),
                 loopback_inbound: flow(0.0, None),
                 loopback_outbound: flow(0.0, None),
+                node_inbound: flow(0.0, None),
                 observed_inbound: Default::default(),
                 observed_outbound: Default::default(),
             },

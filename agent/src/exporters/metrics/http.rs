@@ -49,12 +49,13 @@ pub enum Side {
 impl Side {
     pub const ALL: [Side; 2] = [Side::Server, Side::Client];
 
-    /// The side a flow is exported under; loopback flows (a pod talking to itself) are not.
+    /// The side a flow is exported under; loopback flows (a pod talking to itself) are not, and
+    /// node requests only as the server side's `node_requests_total`.
     pub fn of(flow: Flow) -> Option<Side> {
         match flow {
             Flow::Inbound => Some(Side::Server),
             Flow::Outbound => Some(Side::Client),
-            Flow::LoopbackInbound | Flow::LoopbackOutbound => None,
+            Flow::LoopbackInbound | Flow::LoopbackOutbound | Flow::NodeInbound => None,
         }
     }
 
@@ -106,6 +107,9 @@ pub struct HttpFamilies {
     pub request_bytes: Family<PodLabels, Counter>,
     /// `response_bytes_total{namespace,pod}`: response payload bytes, exact.
     pub response_bytes: Family<PodLabels, Counter>,
+    /// `node_requests_total{namespace,pod}`, server side only: requests served to the node itself
+    /// (`Flow::NodeInbound`), counted exactly by the kernel and left out of every family above.
+    pub node_requests: Option<Family<PodLabels, Counter>>,
 }
 
 impl HttpFamilies {
@@ -119,6 +123,7 @@ impl HttpFamilies {
             concurrency: Family::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
+            node_requests: (side == Side::Server).then(Family::default),
         };
         let verb = side.verb();
         let registry = registry.sub_registry_with_prefix(side.prefix());
@@ -179,6 +184,13 @@ impl HttpFamilies {
             Unit::Bytes,
             families.response_bytes.clone(),
         );
+        if let Some(node_requests) = &families.node_requests {
+            registry.register(
+                "node_requests",
+                "Requests each pod served to the node itself (kubelet probes, node agents), left out of podmeter_http_server_requests_total and of http_requests_per_second",
+                node_requests.clone(),
+            );
+        }
         families
     }
 }
@@ -194,6 +206,8 @@ pub struct PodSeries {
     request_bytes: Counter,
     response_bytes: Counter,
     ended: [Option<Counter>; status_class::COUNT],
+    /// Requests served to the node itself, from the first (server side only).
+    node_requests: Option<Counter>,
     /// By (method, status class, route id).
     observed: FastMap<(Method, StatusClass, u16), (ObservedLabels, Counter)>,
     durations: Option<(DurationLabels, Histogram)>,
@@ -210,6 +224,7 @@ impl PodSeries {
             response_bytes: families.response_bytes.get_or_create_owned(&labels),
             labels,
             ended: Default::default(),
+            node_requests: None,
             observed: FastMap::default(),
             durations: None,
         }
@@ -251,6 +266,16 @@ impl PodSeries {
             })
             .inc_by(n);
         }
+    }
+
+    /// Books exact counts of requests served to the node itself (a no-op on the client side).
+    pub fn add_node_requests(&mut self, families: &HttpFamilies, requests: u64) {
+        let Some(family) = &families.node_requests else {
+            return;
+        };
+        self.node_requests
+            .get_or_insert_with(|| family.get_or_create_owned(&self.labels))
+            .inc_by(requests);
     }
 
     /// Books what changed in the flow's kernel sums: bytes.
@@ -330,6 +355,9 @@ impl PodSeries {
         f.concurrency.remove(&self.labels);
         f.request_bytes.remove(&self.labels);
         f.response_bytes.remove(&self.labels);
+        if let (Some(_), Some(family)) = (&self.node_requests, &f.node_requests) {
+            family.remove(&self.labels);
+        }
         for (slot, class) in self.ended.iter().zip(StatusClass::ALL) {
             if slot.is_some() {
                 f.requests.remove(&ResponseLabels {

@@ -2,10 +2,11 @@
 //! ([`http`]), the agent's own health ([`health`]), their label sets ([`labels`]) and the text
 //! formats they are written in ([`exposition`]).
 //!
-//! Two sources, named apart: `requests_started_total`, `requests_total` and `requests_per_second`
-//! come from the kernel's exact counters; `observed_requests_total` and
-//! `request_duration_seconds` come from paired request/response events, which the kernel drops
-//! when the ring buffer is full (`podmeter_events_dropped_total` says how many).
+//! Two sources, named apart: `requests_started_total`, `requests_total`, `requests_per_second`
+//! and the server side's `node_requests_total` come from the kernel's exact counters;
+//! `observed_requests_total` and `request_duration_seconds` come from paired request/response
+//! events, which the kernel drops when the ring buffer is full (`podmeter_events_dropped_total`
+//! says how many).
 
 pub(crate) mod exposition;
 pub(crate) mod health;
@@ -251,6 +252,7 @@ mod tests {
             let [mut server, mut client] =
                 Side::ALL.map(|side| PodSeries::new(m.http.side(side), pod));
             server.add_counts(&m.http.server, &counts(3, 2, 1), false);
+            server.add_node_requests(&m.http.server, 2);
             client.add_counts(&m.http.client, &counts(1, 1, 0), false);
             server.observe(
                 &m.http.server,
@@ -267,7 +269,9 @@ mod tests {
         let [web_server, web_client] = series(&web);
         let _db = series(&db);
         let before = render(&registry);
-        assert!(!samples_of(&before, "web").is_empty());
+        assert!(before.contains(
+            "podmeter_http_server_node_requests_total{namespace=\"shop\",pod=\"web\"} 2\n"
+        ));
         web_server.remove_from(&m.http.server);
         web_client.remove_from(&m.http.client);
         let after = render(&registry);
