@@ -249,6 +249,13 @@ pub mod connection_flag {
     pub const RESPONSE_DATA: u32 = 4;
     /// `cgroup_id` and `peer` are set (at the connection's first request; neither changes).
     pub const PEER: u32 = 32;
+    /// Found mid-stream (opened before the agent, or evicted): no `sock_ops` state callback
+    /// reports its close, so its FIN and RST segments do.
+    pub const CLOSE_FROM_SEGMENTS: u32 = 64;
+    /// With `CLOSE_FROM_SEGMENTS`: a FIN arrived at this socket.
+    pub const FIN_RECEIVED: u32 = 128;
+    /// With `CLOSE_FROM_SEGMENTS`: this socket sent a FIN.
+    pub const FIN_SENT: u32 = 256;
 }
 
 /// Value of the kernel's connection table ([`names::CONNECTIONS`], keyed by socket cookie):

@@ -6,6 +6,9 @@ use podmeter_common::SegmentEnds;
 const IPPROTO_TCP: u8 = 6;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 /// The part of a TCP segment the HTTP detector needs.
 pub struct Segment {
@@ -17,6 +20,8 @@ pub struct Segment {
     pub ack: u32,
     pub payload_off: u32,
     pub payload_len: u32,
+    /// The TCP header's FIN and RST flags (`TCP_FIN`, `TCP_RST`); others are cleared.
+    pub closing: u8,
 }
 
 impl Segment {
@@ -37,7 +42,7 @@ fn is_ipv6_loopback(a: &[u8; 16]) -> bool {
     hi == 0 && lo == 1
 }
 
-/// Parses the headers; `None` for anything but a TCP segment with a payload.
+/// Parses the headers; `None` for anything but a TCP segment with a payload, a FIN or a RST.
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
     let first: u8 = ctx.load(0).ok()?;
@@ -53,6 +58,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         ack: 0,
         payload_off: 0,
         payload_len: 0,
+        closing: 0,
     };
     let l4: u32 = match first >> 4 {
         4 => {
@@ -92,10 +98,12 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
     seg.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     let doff = u32::from(tcp[12] >> 4) * 4;
     seg.payload_off = l4 + doff;
+    seg.closing = tcp[13] & (TCP_FIN | TCP_RST);
     let len = ctx.len();
-    if len <= seg.payload_off {
+    if len > seg.payload_off {
+        seg.payload_len = len - seg.payload_off;
+    } else if seg.closing == 0 {
         return None;
     }
-    seg.payload_len = len - seg.payload_off;
     Some(seg)
 }

@@ -1,5 +1,6 @@
 //! The dedup rule in practice: a sidecar's loopback hop adds no second inbound count, and
-//! connections opened before the agent started are classified from their first request.
+//! connections opened before the agent started are classified from their first request, and
+//! their close, which no sock_ops callback reports, still ends the exchange in flight.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -7,7 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podmeter_tests::{AgentProcess, ChildGuard, Cluster, Hey, Nginx, PodCounts, serial};
+use podmeter_tests::{
+    AgentProcess, ChildGuard, Cluster, Hey, Nginx, PodCounts,
+    scripted::{self, ScriptedServer},
+    serial,
+    wait::poll_until,
+};
 
 #[test]
 fn a_sidecar_handing_requests_to_its_app_over_loopback_counts_once() {
@@ -122,6 +128,99 @@ fn a_connection_opened_before_the_agent_started_is_classified_by_its_first_reque
             outbound: 25
         }
     );
+    drop(stdin);
+    client
+        .wait_timeout(Duration::from_secs(10))
+        .expect("client exits");
+    assert!(agent.terminate().expect("stop agent").success());
+}
+
+/// A raw client that opens one keep-alive connection to the scripted server and answers one
+/// request on it, then, on a line `reset`, sends a slow request and resets the connection
+/// (SO_LINGER 0) while the request is in flight.
+const RESETTING_CLIENT: &str = r#"
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: b\r\n\r\n")
+buf = b""
+while not buf.endswith(b"scripted\n"):
+    buf += s.recv(4096)
+print("first", buf.split(b" ")[1].decode(), flush=True)
+sys.stdin.readline()
+s.sendall(b"GET /delay/3000 HTTP/1.1\r\nHost: b\r\n\r\n")
+time.sleep(0.5)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print("reset", flush=True)
+"#;
+
+#[test]
+fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_a = cluster.pod("default", "pod-a").expect("pod a");
+    let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+    let _server = ScriptedServer::start(&pod_b).expect("scripted server in pod b");
+
+    let mut command = pod_a.command("python3").expect("python3 in pod a");
+    command
+        .args([
+            "-c",
+            RESETTING_CLIENT,
+            &pod_b.ip().to_string(),
+            &scripted::PORT.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut client = ChildGuard::spawn(command, "resetting client").expect("start client");
+    let mut stdin = client.child_mut().stdin.take().expect("client stdin");
+    let mut stdout = BufReader::new(client.child_mut().stdout.take().expect("client stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("client output");
+    assert_eq!(
+        line.trim(),
+        "first 200",
+        "connection open, one request served"
+    );
+
+    // The agent starts with the connection established: no sock_ops callback will report its
+    // close, only its RST segment.
+    const WINDOW_SECS: u64 = 5;
+    let mut agent = AgentProcess::start(
+        cluster.cgroup_root(),
+        &["--rate-window-secs", &WINDOW_SECS.to_string()],
+    )
+    .expect("agent");
+    writeln!(stdin, "go").expect("ask for the reset");
+    line.clear();
+    stdout.read_line(&mut line).expect("client output");
+    assert_eq!(line.trim(), "reset");
+    let reset_at = Instant::now();
+
+    // Both sockets saw the reset: the exchange ended without a response, once, on each side.
+    let ended = poll_until(Duration::from_secs(5), Duration::from_millis(250), || {
+        let b = agent.pod_entry("default", "pod-b");
+        let a = agent.pod_entry("default", "pod-a");
+        b.is_ok_and(|b| b.inbound.totals.responses.none == 1)
+            && a.is_ok_and(|a| a.outbound.totals.responses.none == 1)
+    });
+    let b = agent.pod_entry("default", "pod-b").expect("pod b entry");
+    let a = agent.pod_entry("default", "pod-a").expect("pod a entry");
+    assert!(ended, "the reset ended the exchange: {b:?} {a:?}");
+    assert_eq!(b.inbound.totals.requests, 1, "{b:?}");
+    assert_eq!(b.inbound.totals.responses.total(), 1, "{b:?}");
+    assert_eq!(a.outbound.totals.requests, 1, "{a:?}");
+    assert_eq!(a.outbound.totals.responses.total(), 1, "{a:?}");
+
+    // Nothing stays in flight: once the window has passed the reset, the average concurrency is
+    // exactly 0 (an exchange left in flight would hold it at 1).
+    let window_passed = reset_at + Duration::from_secs(WINDOW_SECS + 2);
+    std::thread::sleep(window_passed.saturating_duration_since(Instant::now()));
+    let b = agent.pod_entry("default", "pod-b").expect("pod b entry");
+    let a = agent.pod_entry("default", "pod-a").expect("pod a entry");
+    assert_eq!(b.inbound.concurrency, Some(0.0), "{b:?}");
+    assert_eq!(a.outbound.concurrency, Some(0.0), "{a:?}");
+
     drop(stdin);
     client
         .wait_timeout(Duration::from_secs(10))
