@@ -167,6 +167,18 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     } else {
         count_bytes(conn, seg, request_direction, counting);
     }
+    // A request sent after the answering side's FIN can never be answered: the server's socket
+    // is closed, and the RST the kernel sends for it comes from no socket a program sees here.
+    // It ends now, and the connection with it (only connections closed from their segments
+    // carry FIN bits).
+    let answer_fin = if conn.role == role::SERVER {
+        flag::FIN_SENT
+    } else {
+        flag::FIN_RECEIVED
+    };
+    if request_direction && conn.phase == phase::AWAITING_RESPONSE && conn.flags & answer_fin != 0 {
+        on_close(cookie);
+    }
 }
 
 /// Moves the furthest byte seen in the segment's direction; when `counting` (from the

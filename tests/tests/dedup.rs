@@ -14,6 +14,7 @@ use podmeter_tests::{
     serial,
     wait::poll_until,
 };
+use podmeter_wire::StatusCounts;
 
 #[test]
 fn a_sidecar_handing_requests_to_its_app_over_loopback_counts_once() {
@@ -135,27 +136,52 @@ fn a_connection_opened_before_the_agent_started_is_classified_by_its_first_reque
     assert!(agent.terminate().expect("stop agent").success());
 }
 
-/// A raw client that opens one keep-alive connection to the scripted server and answers one
-/// request on it, then, on a line `reset`, sends a slow request and resets the connection
-/// (SO_LINGER 0) while the request is in flight.
-const RESETTING_CLIENT: &str = r#"
+/// A raw client: one keep-alive connection to the scripted server and one exchange on it; then,
+/// on a line from stdin, one more request, ended as `argv[3]` says:
+/// - `reset`: the request takes 3 s, and the client resets the connection (SO_LINGER 0) 0.5 s
+///   into it, while it is in flight;
+/// - `half-close`: the client sends its FIN right after the request (shutdown), and reads the
+///   answer until the server closes too.
+const ENDING_CLIENT: &str = r#"
 import socket, struct, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: b\r\n\r\n")
 buf = b""
 while not buf.endswith(b"scripted\n"):
-    buf += s.recv(4096)
+    data = s.recv(4096)
+    if not data:
+        sys.exit("closed early")
+    buf += data
 print("first", buf.split(b" ")[1].decode(), flush=True)
 sys.stdin.readline()
-s.sendall(b"GET /delay/3000 HTTP/1.1\r\nHost: b\r\n\r\n")
-time.sleep(0.5)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-s.close()
-print("reset", flush=True)
+if sys.argv[3] == "reset":
+    s.sendall(b"GET /delay/3000 HTTP/1.1\r\nHost: b\r\n\r\n")
+    time.sleep(0.5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    print("reset", flush=True)
+else:
+    s.sendall(b"GET /delay/300 HTTP/1.1\r\nHost: b\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    buf = b""
+    while True:
+        data = s.recv(4096)
+        if not data:
+            break
+        buf += data
+    s.close()
+    print("closed", buf.split(b" ")[1].decode(), flush=True)
 "#;
 
-#[test]
-fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset() {
+/// The agent's rate window in the tests below: the average concurrency covers it.
+const WINDOW_SECS: u64 = 5;
+
+/// One connection opened before the agent started, ended by `how` (see [`ENDING_CLIENT`]) once
+/// the agent runs: no sock_ops callback reports that close, only its segments. Checks that both
+/// sockets saw it end (the table's closed count), that the second exchange ended once on each
+/// side with `class`, and that nothing stays in flight (the window's average concurrency falls
+/// to exactly 0). Returns the client's last line.
+fn pre_existing_connection_ends(how: &str, class: fn(&StatusCounts) -> u64) -> String {
     let _serial = serial();
     let cluster = Cluster::new().expect("cluster");
     let pod_a = cluster.pod("default", "pod-a").expect("pod a");
@@ -166,13 +192,14 @@ fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset
     command
         .args([
             "-c",
-            RESETTING_CLIENT,
+            ENDING_CLIENT,
             &pod_b.ip().to_string(),
             &scripted::PORT.to_string(),
+            how,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut client = ChildGuard::spawn(command, "resetting client").expect("start client");
+    let mut client = ChildGuard::spawn(command, "ending client").expect("start client");
     let mut stdin = client.child_mut().stdin.take().expect("client stdin");
     let mut stdout = BufReader::new(client.child_mut().stdout.take().expect("client stdout"));
     let mut line = String::new();
@@ -183,38 +210,44 @@ fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset
         "connection open, one request served"
     );
 
-    // The agent starts with the connection established: no sock_ops callback will report its
-    // close, only its RST segment.
-    const WINDOW_SECS: u64 = 5;
     let mut agent = AgentProcess::start(
         cluster.cgroup_root(),
         &["--rate-window-secs", &WINDOW_SECS.to_string()],
     )
     .expect("agent");
-    writeln!(stdin, "go").expect("ask for the reset");
+    writeln!(stdin, "go").expect("ask for the ending");
     line.clear();
     stdout.read_line(&mut line).expect("client output");
-    assert_eq!(line.trim(), "reset");
-    let reset_at = Instant::now();
+    let ended_at = Instant::now();
+    let last = line.trim().to_owned();
 
-    // Both sockets saw the reset: the exchange ended without a response, once, on each side.
-    let ended = poll_until(Duration::from_secs(5), Duration::from_millis(250), || {
+    // Both sockets saw the end, and the exchange ended once on each side.
+    let ended = |agent: &AgentProcess| {
         let b = agent.pod_entry("default", "pod-b");
         let a = agent.pod_entry("default", "pod-a");
-        b.is_ok_and(|b| b.inbound.totals.responses.none == 1)
-            && a.is_ok_and(|a| a.outbound.totals.responses.none == 1)
+        agent
+            .health()
+            .is_ok_and(|h| h.kernel.connections_closed == 2)
+            && b.is_ok_and(|b| b.inbound.totals.responses.total() == 1)
+            && a.is_ok_and(|a| a.outbound.totals.responses.total() == 1)
+    };
+    let closed = poll_until(Duration::from_secs(5), Duration::from_millis(250), || {
+        ended(&agent)
     });
+    let health = agent.health().expect("agent health");
+    assert!(closed, "both sockets closed: {:?}", health.kernel);
+    assert_eq!(health.kernel.connections_opened, 2, "{:?}", health.kernel);
     let b = agent.pod_entry("default", "pod-b").expect("pod b entry");
     let a = agent.pod_entry("default", "pod-a").expect("pod a entry");
-    assert!(ended, "the reset ended the exchange: {b:?} {a:?}");
-    assert_eq!(b.inbound.totals.requests, 1, "{b:?}");
-    assert_eq!(b.inbound.totals.responses.total(), 1, "{b:?}");
-    assert_eq!(a.outbound.totals.requests, 1, "{a:?}");
-    assert_eq!(a.outbound.totals.responses.total(), 1, "{a:?}");
+    for (flow, entry) in [(&b.inbound, &b), (&a.outbound, &a)] {
+        assert_eq!(flow.totals.requests, 1, "{entry:?}");
+        assert_eq!(flow.totals.responses.total(), 1, "{entry:?}");
+        assert_eq!(class(&flow.totals.responses), 1, "{entry:?}");
+    }
 
-    // Nothing stays in flight: once the window has passed the reset, the average concurrency is
+    // Nothing stays in flight: once the window has passed the end, the average concurrency is
     // exactly 0 (an exchange left in flight would hold it at 1).
-    let window_passed = reset_at + Duration::from_secs(WINDOW_SECS + 2);
+    let window_passed = ended_at + Duration::from_secs(WINDOW_SECS + 2);
     std::thread::sleep(window_passed.saturating_duration_since(Instant::now()));
     let b = agent.pod_entry("default", "pod-b").expect("pod b entry");
     let a = agent.pod_entry("default", "pod-a").expect("pod a entry");
@@ -226,4 +259,20 @@ fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset
         .wait_timeout(Duration::from_secs(10))
         .expect("client exits");
     assert!(agent.terminate().expect("stop agent").success());
+    last
+}
+
+#[test]
+fn an_exchange_in_flight_ends_when_a_connection_opened_before_the_agent_is_reset() {
+    let last = pre_existing_connection_ends("reset", |r| r.none);
+    assert_eq!(last, "reset");
+}
+
+#[test]
+fn a_connection_opened_before_the_agent_ends_at_its_fins_after_the_answer_is_counted() {
+    let last = pre_existing_connection_ends("half-close", |r| r.success);
+    assert_eq!(
+        last, "closed 200",
+        "the server answered after the client's FIN"
+    );
 }
