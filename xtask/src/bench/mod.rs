@@ -11,6 +11,7 @@
 
 mod busy;
 mod ceiling;
+mod concurrency;
 mod cpu;
 mod freshness;
 mod load;
@@ -64,6 +65,8 @@ pub enum Section {
     Freshness,
     /// Resident memory idle and with 10,000 connections.
     Memory,
+    /// Average requests in flight against Little's law, on a server with a known delay.
+    Concurrency,
     /// Where the time goes: one run with the agent on under `perf record` (skipped without perf).
     Profile,
 }
@@ -174,7 +177,8 @@ pub struct Lab<'c> {
     pub cluster: &'c Cluster,
     /// `srv/app`: the app nginx and its proxy sidecar.
     pub server: Pod<'c>,
-    /// `srv/fresh`: a second app that only the step response loads.
+    /// `srv/fresh`: a second app that only the step response loads (and, on another port, the
+    /// concurrency section's delayed server).
     pub fresh: Pod<'c>,
     /// `srv/busy`: the server that spends 100 µs of CPU per request ([`busy`]).
     pub busy: Pod<'c>,
@@ -335,6 +339,10 @@ pub fn run(args: &Args) -> Result<()> {
     if wants(Section::Memory) {
         println!("\n6. memory");
         summary.memory = Some(memory::measure(&lab)?);
+    }
+    if wants(Section::Concurrency) {
+        println!("\n7. concurrency accuracy");
+        summary.concurrency = Some(concurrency::measure(&lab)?);
     }
     if wants(Section::Profile) {
         println!("\nprofile: perf record -a -g during one saturating run with the agent on");

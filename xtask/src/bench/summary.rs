@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{
     Plan,
     ceiling::{self, CriterionBench, LiveCeiling},
+    concurrency::ConcurrencyResult,
     cpu::CpuResult,
     freshness::FreshnessResult,
     memory::MemoryResult,
@@ -26,6 +27,8 @@ const MAX_THROUGHPUT_LOSS_BUSY: f64 = 0.01;
 const MIN_PIPELINE_REQUESTS_PER_SEC: f64 = 500_000.0;
 const MAX_RSS_MIB: f64 = 32.0;
 const MAX_DELAY_MS: f64 = 1_000.0;
+/// Issue 15: the average concurrency within 1 % of Little's law.
+const MAX_LITTLES_LAW_ERROR: f64 = 0.01;
 
 /// One target and where this run stands.
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +56,7 @@ pub struct Summary {
     pub live: Option<LiveCeiling>,
     pub freshness: Option<FreshnessResult>,
     pub memory: Option<MemoryResult>,
+    pub concurrency: Option<ConcurrencyResult>,
     pub profile: Option<ProfileResult>,
     pub targets: Vec<Target>,
 }
@@ -90,6 +94,7 @@ impl Summary {
             live: None,
             freshness: None,
             memory: None,
+            concurrency: None,
             profile: None,
             targets: Vec::new(),
         }
@@ -246,6 +251,25 @@ impl Summary {
                     ),
                 }
             }
+            None => not_measured(name, target),
+        });
+        let (name, target) = ("concurrency against Little's law", "<= 1 %");
+        targets.push(match &self.concurrency {
+            Some(c) => Target {
+                name,
+                target,
+                measured: format!("{:.3} % max", c.littles_law_error_max * 100.0),
+                verdict: verdict(c.littles_law_error_max <= MAX_LITTLES_LAW_ERROR),
+                note: format!(
+                    "L {:.3} at {:.0} req/s x {} ms (ideal {:.2}); median error {:.3} % over {} readings",
+                    c.concurrency_median,
+                    c.driven_rps,
+                    c.delay_ms,
+                    c.ideal,
+                    c.littles_law_error_median * 100.0,
+                    c.readings
+                ),
+            },
             None => not_measured(name, target),
         });
         self.targets = targets;
@@ -451,6 +475,23 @@ impl Summary {
                 mib(m.peak_rss_kib),
                 m.connections_tracked,
                 m.wrk.requests_per_sec
+            );
+        }
+        if let Some(c) = &self.concurrency {
+            let _ = writeln!(
+                t,
+                "\n7. concurrency accuracy ({:.0} req/s, every request answered after {} ms, window {} s)\n  \
+                 L median {:.3}, ideal {:.2}; kernel's mean latency {:.5} s; |L / (rate x mean latency) - 1| \
+                 median {:.3} %, max {:.3} % over {} readings",
+                c.driven_rps,
+                c.delay_ms,
+                c.window_secs,
+                c.concurrency_median,
+                c.ideal,
+                c.mean_latency_secs,
+                c.littles_law_error_median * 100.0,
+                c.littles_law_error_max * 100.0,
+                c.readings
             );
         }
         if let Some(p) = &self.profile {
