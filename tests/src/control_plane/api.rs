@@ -157,6 +157,12 @@ impl ControlPlane {
         self.kubectl_as(&self.admin, args)
     }
 
+    /// Runs the `kubectl` on `PATH` as admin, allowed `timeout` instead of the usual call limit:
+    /// for commands that wait on the kubelet, such as `delete --wait`.
+    pub fn kubectl_within(&self, args: &[&str], timeout: Duration) -> Result<CommandOutput> {
+        run(self.kubectl_command(&self.admin, args), timeout)
+    }
+
     /// Runs `kubectl` with `credentials`, e.g. `["get", "--raw", "/apis/custom.metrics.k8s.io"]`.
     pub fn kubectl_as(&self, credentials: &Credentials, args: &[&str]) -> Result<CommandOutput> {
         run(self.kubectl_command(credentials, args), CALL_TIMEOUT)
