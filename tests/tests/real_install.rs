@@ -58,11 +58,11 @@ const HOLD_SYNCS: u32 = 3;
 /// From the load's start to the end of the hold.
 const SCALING_BOUND: Duration = Duration::from_secs(180);
 /// From the agent pod's deletion to its replacement serving values again. Usually 12 to 15 s:
-/// the old agent exits within a second, and the DaemonSet's replacement starts 9 to 11 s later,
-/// once kubelet 1.20 has reported the old pod gone (its status sync runs every 10 s). Once in
-/// five fresh-machine runs the replacement was Ready only after 74 s, all of it before the new
-/// pod existed: the bound leaves room for that, and the HPAs must hold and no value may freeze
-/// meanwhile either way.
+/// the old agent exits within a few seconds, and the DaemonSet's replacement process starts 9
+/// to 11 s after it, once kubelet 1.20 has reported the old pod gone (its status sync runs every
+/// 10 s). Once in the day's first eight runs the replacement was Ready only after 74 s, and the
+/// kubelet log shows the new pod created only then: the bound leaves room for that, and the
+/// HPAs must hold and no value may freeze meanwhile either way.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(120);
 /// The metrics API's staleness bound (its default) plus one collection and a second of slack:
 /// no value may be older than this when served.
