@@ -252,9 +252,9 @@ pub mod connection_flag {
     /// Found mid-stream (opened before the agent, or evicted): no `sock_ops` state callback
     /// reports its close, so its FIN and RST segments do.
     pub const CLOSE_FROM_SEGMENTS: u32 = 64;
-    /// With `CLOSE_FROM_SEGMENTS`: a FIN arrived at this socket.
+    /// A FIN arrived at this socket.
     pub const FIN_RECEIVED: u32 = 128;
-    /// With `CLOSE_FROM_SEGMENTS`: this socket sent a FIN.
+    /// This socket sent a FIN.
     pub const FIN_SENT: u32 = 256;
 }
 
@@ -388,8 +388,11 @@ pub mod stat {
     pub const FLOW_MAP_FULL: u32 = 11;
     /// Latency-histogram updates that failed because the histogram map was full.
     pub const LATENCY_MAP_FULL: u32 = 12;
+    /// Requests that arrived after the answering side's FIN: its socket was closed, nothing
+    /// reads them, and the client sends them again on another connection. Not counted.
+    pub const REQUESTS_AFTER_CLOSE: u32 = 13;
     /// Number of slots.
-    pub const SLOTS: u32 = 13;
+    pub const SLOTS: u32 = 14;
 }
 
 /// Names of the kernel maps and programs, shared so both sides spell them the same. The kernel

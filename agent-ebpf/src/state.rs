@@ -55,9 +55,10 @@ pub fn on_packet(ctx: &SkBuffContext, ingress: bool) {
     }
 }
 
-/// A FIN or RST of a connection whose close no `sock_ops` callback reports
-/// (`CLOSE_FROM_SEGMENTS`): a RST closes it, and so does the second FIN. Without this, an
-/// exchange in flight when such a connection ends would stay in flight forever.
+/// A FIN or RST. Every connection notes its FINs: a request that arrives after the answering
+/// side's FIN is not counted (see [`on_payload`]). A connection whose close no `sock_ops`
+/// callback reports (`CLOSE_FROM_SEGMENTS`) also ends here: at a RST, or at the second FIN.
+/// Without this, an exchange in flight when such a connection ends would stay in flight forever.
 #[inline(always)]
 fn on_closing_segment(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     // SAFETY: helper called with the program's own context.
@@ -67,9 +68,6 @@ fn on_closing_segment(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     };
     // SAFETY: points into a live LRU map value.
     let conn = unsafe { &mut *conn };
-    if conn.flags & flag::CLOSE_FROM_SEGMENTS == 0 {
-        return;
-    }
     if seg.closing & packet::TCP_RST == 0 {
         conn.flags |= if ingress {
             flag::FIN_RECEIVED
@@ -81,7 +79,9 @@ fn on_closing_segment(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
             return;
         }
     }
-    on_close(cookie);
+    if conn.flags & flag::CLOSE_FROM_SEGMENTS != 0 {
+        on_close(cookie);
+    }
 }
 
 /// A segment with a payload: requests, responses and their bytes.
@@ -156,6 +156,10 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
         return;
     }
     let request_direction = (conn.role == role::SERVER) == ingress;
+    if request_direction && conn.flags & answer_fin(conn.role) != 0 {
+        after_close(seg, &prefix, conn, cookie);
+        return;
+    }
     let counting = conn.flags & flag::REQ_SEQ != 0;
     if request_direction {
         on_request_direction(ctx, skb, seg, &prefix, conn, cookie);
@@ -167,16 +171,33 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     } else {
         count_bytes(conn, seg, request_direction, counting);
     }
-    // A request sent after the answering side's FIN can never be answered: the server's socket
-    // is closed, and the RST the kernel sends for it comes from no socket a program sees here.
-    // It ends now, and the connection with it (only connections closed from their segments
-    // carry FIN bits).
-    let answer_fin = if conn.role == role::SERVER {
+}
+
+/// The FIN of the side that answers requests on a connection of `conn_role`: the server's.
+#[inline(always)]
+fn answer_fin(conn_role: u32) -> u32 {
+    if conn_role == role::SERVER {
         flag::FIN_SENT
     } else {
         flag::FIN_RECEIVED
-    };
-    if request_direction && conn.phase == phase::AWAITING_RESPONSE && conn.flags & answer_fin != 0 {
+    }
+}
+
+/// A request-direction segment after the answering side's FIN. A request in it is never read:
+/// the server's socket is closed, it answers with a RST, and the client sends the request again
+/// on a new connection (Go's and nginx's clients do so for a reused keep-alive connection the
+/// server was closing). So it is not counted (`requests_after_close`), or the retried request
+/// would count twice. The RST comes from no socket a program sees, so a connection closed from
+/// its segments ends here, with any exchange still in flight.
+#[inline(always)]
+fn after_close(seg: &Segment, prefix: &[u8; PREFIX], conn: &Connection, cookie: u64) {
+    if http::request_method(prefix, seg.payload_len) == 0
+        || already_seen(conn.flags & flag::REQ_SEQ != 0, conn.req_seq, seg.seq)
+    {
+        return;
+    }
+    bump(stat::REQUESTS_AFTER_CLOSE);
+    if conn.flags & flag::CLOSE_FROM_SEGMENTS != 0 {
         on_close(cookie);
     }
 }

@@ -48,6 +48,7 @@ pub fn kernel_reply(stats: &KernelStats) -> KernelReply {
         listener_requests: stats.get(stat::LISTENER_REQUESTS),
         flow_map_full: stats.get(stat::FLOW_MAP_FULL),
         latency_map_full: stats.get(stat::LATENCY_MAP_FULL),
+        requests_after_close: stats.get(stat::REQUESTS_AFTER_CLOSE),
     }
 }
 
@@ -87,6 +88,9 @@ mod tests {
             k.responses_unrecognised,
             k.connections_upgraded,
             k.listener_requests,
+            k.flow_map_full,
+            k.latency_map_full,
+            k.requests_after_close,
         ];
         let mut seen = named.to_vec();
         seen.sort_unstable();

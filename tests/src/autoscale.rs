@@ -335,9 +335,25 @@ pub struct Outcome {
     pub scale_events: u32,
     pub settled: bool,
     pub interrupted: bool,
-    /// Requests the clients saw answered, and the backends' exact inbound total.
+    /// Requests the clients saw answered.
     pub answered: u64,
+    /// The ingresses' exact inbound total: requests that reached their sockets.
     pub counted_inbound: u64,
+    /// Of those, the ones that ended with a response (any status).
+    pub counted_answered: u64,
+    /// And the ones an ingress closed unread (`none`): a reload closes idle keep-alive
+    /// connections, some just as hey sends its next request on them, and hey sends it again.
+    pub closed_unread: u64,
+}
+
+impl Outcome {
+    /// Every request answered was counted once with its response, and every other count is a
+    /// request an ingress closed unread.
+    pub fn counted_exactly(&self) -> bool {
+        self.answered > 0
+            && self.counted_answered == self.answered
+            && self.counted_inbound == self.answered + self.closed_unread
+    }
 }
 
 /// An nginx started from a config of ours, owned without borrowing its pod.
@@ -701,6 +717,8 @@ pub fn run(
             interrupted,
             answered: 0,
             counted_inbound: 0,
+            counted_answered: 0,
+            closed_unread: 0,
         });
     }
     let mut answered = 0;
@@ -709,12 +727,18 @@ pub fn run(
     }
     // Let the last counter read and the ingresses' last requests land.
     std::thread::sleep(Duration::from_millis(800));
-    let counted_inbound = agent
+    let ingresses: Vec<_> = agent
         .pods()?
         .pods
-        .iter()
+        .into_iter()
         .filter(|p| p.name.starts_with("ingress-"))
-        .map(|p| p.inbound.totals.requests)
+        .map(|p| p.inbound.totals)
+        .collect();
+    let counted_inbound = ingresses.iter().map(|t| t.requests).sum();
+    let closed_unread = ingresses.iter().map(|t| t.responses.none).sum();
+    let counted_answered = ingresses
+        .iter()
+        .map(|t| t.responses.total() - t.responses.none)
         .sum();
     Ok(Outcome {
         final_replicas: backends
@@ -728,5 +752,7 @@ pub fn run(
         interrupted,
         answered,
         counted_inbound,
+        counted_answered,
+        closed_unread,
     })
 }

@@ -60,4 +60,7 @@ pub struct KernelReply {
     /// Latency-histogram updates lost because the histogram map was full.
     #[serde(default)]
     pub latency_map_full: u64,
+    /// Requests not counted because they arrived after the answering side's FIN.
+    #[serde(default)]
+    pub requests_after_close: u64,
 }

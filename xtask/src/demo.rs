@@ -183,13 +183,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     );
     println!(
-        "  requests answered {}, counted by podmeter at the ingresses {}",
-        outcome.answered, outcome.counted_inbound
+        "  requests answered {}, counted by podmeter at the ingresses {} ({} answered, {} closed unread by a reload)",
+        outcome.answered, outcome.counted_inbound, outcome.counted_answered, outcome.closed_unread
     );
-    if outcome.answered != outcome.counted_inbound {
+    if !outcome.counted_exactly() {
         bail!(
-            "podmeter counted {} requests, the clients saw {} answered",
+            "podmeter counted {} requests ({} answered, {} closed unread), the clients saw {} answered",
             outcome.counted_inbound,
+            outcome.counted_answered,
+            outcome.closed_unread,
             outcome.answered
         );
     }

@@ -152,7 +152,7 @@ impl HealthCollector {
 /// A counter family: name, help, value.
 type Row = (&'static str, &'static str, u64);
 
-fn counters(r: &HealthReading) -> [Row; 16] {
+fn counters(r: &HealthReading) -> [Row; 17] {
     let (h, k) = (&r.health, &r.health.kernel);
     [
         (
@@ -204,6 +204,11 @@ fn counters(r: &HealthReading) -> [Row; 16] {
             "listener_requests",
             "Requests whose first segment also completed the TCP handshake (its final ACK was lost), counted at the listening socket",
             k.listener_requests,
+        ),
+        (
+            "requests_after_close",
+            "Requests that arrived after the answering side's FIN: nothing reads them and the client sends them again, so they are not counted",
+            k.requests_after_close,
         ),
         (
             "flow_map_full",
