@@ -177,9 +177,9 @@ pub mod latency {
     }
 }
 
-/// Key of the exact counters; the value is a `u64` per CPU, summed by userspace. The counter
-/// kind is part of the key (not an index into an array value) so the kernel never computes a
-/// variable offset into a map value.
+/// Names one exact counter of a flow (`counter` a [`counter`] kind), or with `counter` 0 the flow
+/// itself: the key of the flow sums ([`names::FLOWS`], which hold the counters) and, with a
+/// latency bucket as `counter`, of the histogram ([`names::LATENCY`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CountKey {
@@ -331,7 +331,9 @@ impl Connection {
 pub const TIMESTAMP_OFFSET: u64 = 1 << 62;
 
 /// What the kernel adds up per (cgroup, role, peer) ([`names::FLOWS`], keyed by a [`CountKey`]
-/// whose `counter` is 0), per CPU. All sums wrap: only differences between reads mean anything.
+/// whose `counter` is 0), per CPU: the exact counters and the sums, in one value found once per
+/// request start and once per exchange end. All sums wrap: only differences between reads mean
+/// anything.
 ///
 /// The time-integral of requests in flight up to `t` is
 /// `(started - ended) * t - start_ns + end_ns` (wrapping, summed over CPUs, `t` offset by
@@ -356,6 +358,10 @@ pub struct FlowSums {
     pub request_bytes: u64,
     /// Response-direction payload bytes, each byte once.
     pub response_bytes: u64,
+    /// The exact counters: requests started, by [`method`] id (index 0 unused).
+    pub requests: [u64; method::COUNT as usize],
+    /// Exchanges ended, by [`method`] id, then [`status_class`].
+    pub responses: [[u64; status_class::COUNT]; method::COUNT as usize],
 }
 
 /// Indexes into the agent's per-CPU `STATS` array: what the kernel side did and what it lost.
@@ -373,7 +379,7 @@ pub mod stat {
     pub const CONNECTIONS_OPENED: u32 = 4;
     /// Connections removed from the table on close.
     pub const CONNECTIONS_CLOSED: u32 = 5;
-    /// Counter updates that failed because the counter map was full.
+    /// Counter updates that failed because the flow map, which holds the counters, was full.
     pub const COUNTER_MAP_FULL: u32 = 6;
     /// Connection-table insertions that failed.
     pub const CONNECTION_TABLE_FULL: u32 = 7;
@@ -398,7 +404,6 @@ pub mod stat {
 /// Names of the kernel maps and programs, shared so both sides spell them the same. The kernel
 /// side checks at compile time that its maps and programs carry these names.
 pub mod names {
-    pub const COUNTS: &str = "COUNTS";
     pub const CONNECTIONS: &str = "CONNECTIONS";
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
@@ -443,6 +448,6 @@ const _: () = {
     assert!(size_of::<CountKey>() == 8 + 4 + 2 + 2);
     assert!(size_of::<HttpEvent>() == 3 * 8 + 5 * 4 + 2 * 2 + HEAD_LEN);
     assert!(size_of::<Connection>() == 2 * 8 + 9 * 4 + 2 * 2);
-    assert!(size_of::<FlowSums>() == 8 * 8);
+    assert!(size_of::<FlowSums>() == 8 * (8 + 10 + 10 * 7));
     assert!(size_of::<SegmentEnds>() == 2 * 16 + 2 * 2);
 };

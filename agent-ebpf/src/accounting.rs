@@ -1,5 +1,5 @@
-//! Writing what was seen: exact counters, the flows' sums and latency histogram, self-statistics,
-//! and (when turned on) ring buffer events.
+//! Writing what was seen: the flows' exact counters and sums, the latency histogram,
+//! self-statistics, and (when turned on) ring buffer events.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -12,7 +12,7 @@ use podmeter_common::{CountKey, FlowSums, HEAD_LEN, HttpEvent, TIMESTAMP_OFFSET,
 
 use crate::{
     http::PREFIX,
-    maps::{COUNTS, EVENTS, FLOWS, LATENCY, STATS},
+    maps::{EVENTS, FLOW_ZERO, FLOWS, LATENCY, STATS},
 };
 
 /// Whether per-request events are written (1) or not (0): set by the agent at load (route labels
@@ -57,31 +57,16 @@ pub fn bump(index: u32) {
     }
 }
 
-/// Increments the counter named by `key`.
-#[inline(always)]
-pub fn count(key: &CountKey) {
-    if let Some(slot) = COUNTS.get_ptr_mut(key) {
-        add(slot);
-        return;
-    }
-    // Another CPU may insert the same key first: then the lookup below finds its entry.
-    let inserted = COUNTS.insert(key, &0, u64::from(BPF_NOEXIST));
-    match COUNTS.get_ptr_mut(key) {
-        Some(slot) => add(slot),
-        None if inserted.is_err() => bump(stat::COUNTER_MAP_FULL),
-        None => {}
-    }
-}
-
-/// The sums of the flow `key` names (its `counter` is 0), created at first use; `None` when the
-/// map is full (counted).
+/// The counters and sums of the flow `key` names (its `counter` is 0), created at first use;
+/// `None` when the map is full (counted).
 #[inline(always)]
 fn flow_sums(key: &CountKey) -> Option<*mut FlowSums> {
     if let Some(sums) = FLOWS.get_ptr_mut(key) {
         return Some(sums);
     }
+    let zero = FLOW_ZERO.get(0)?;
     // Another CPU may insert the same key first: then the lookup below finds its entry.
-    let inserted = FLOWS.insert(key, &FlowSums::default(), u64::from(BPF_NOEXIST));
+    let inserted = FLOWS.insert(key, zero, u64::from(BPF_NOEXIST));
     let sums = FLOWS.get_ptr_mut(key);
     if sums.is_none() && inserted.is_err() {
         bump(stat::FLOW_MAP_FULL);
@@ -95,10 +80,12 @@ pub struct Bytes {
     pub response: u32,
 }
 
-/// A request started at `ts` on the flow `key`; adds the connection's pending `bytes` too.
+/// A request of `method` started at `ts` on the flow `key`: counts it, and adds the
+/// connection's pending `bytes`.
 #[inline(always)]
-pub fn flow_started(key: &CountKey, ts: u64, bytes: Bytes) {
+pub fn flow_started(key: &CountKey, ts: u64, method: u16, bytes: Bytes) {
     let Some(sums) = flow_sums(key) else {
+        bump(stat::COUNTER_MAP_FULL);
         return;
     };
     // SAFETY: `sums` points into a live map value; fields are 8-byte aligned. The sum is written
@@ -106,25 +93,45 @@ pub fn flow_started(key: &CountKey, ts: u64, bytes: Bytes) {
     unsafe {
         add_n(&raw mut (*sums).start_ns, ts.wrapping_add(TIMESTAMP_OFFSET));
         add(&raw mut (*sums).started);
+        if let Some(slot) = (*sums).requests.get_mut(usize::from(method)) {
+            add(slot);
+        }
         add_bytes(sums, bytes);
     }
 }
 
-/// An exchange of the flow `key` ended at `ts`; `latency` is `Some` when it ended with a response
-/// (it then enters the histogram); adds the connection's pending `bytes` too.
+/// An exchange of `method` on the flow `key` ended at `ts`, by a response of status `class`:
+/// counts it, and adds the connection's pending `bytes`. `latency` is `Some` when it ended with
+/// a response (it then enters the histogram).
 #[inline(always)]
-pub fn flow_ended(key: &CountKey, ts: u64, latency: Option<u64>, bytes: Bytes) {
+pub fn flow_ended(
+    key: &CountKey,
+    ts: u64,
+    method: u16,
+    class: u16,
+    latency: Option<u64>,
+    bytes: Bytes,
+) {
     if let Some(sums) = flow_sums(key) {
         // SAFETY: as in `flow_started`.
         unsafe {
             add_n(&raw mut (*sums).end_ns, ts.wrapping_add(TIMESTAMP_OFFSET));
             add(&raw mut (*sums).ended);
+            if let Some(slot) = (*sums)
+                .responses
+                .get_mut(usize::from(method))
+                .and_then(|by_class| by_class.get_mut(usize::from(class)))
+            {
+                add(slot);
+            }
             if let Some(ns) = latency {
                 add_n(&raw mut (*sums).latency_ns, ns);
                 add(&raw mut (*sums).responded);
             }
             add_bytes(sums, bytes);
         }
+    } else {
+        bump(stat::COUNTER_MAP_FULL);
     }
     if let Some(ns) = latency {
         observe_latency(key, ns);

@@ -1,4 +1,5 @@
-//! The kernel maps: exact counters, the connection table, the event ring and self-statistics.
+//! The kernel maps: the flows' counters and sums, the latency histogram, the connection table, the
+//! event ring and self-statistics.
 //! Sizes are defaults; the agent may resize them before loading.
 //!
 //! A map's name is its static's name (`#[map(name = ...)]` takes only a literal, not the shared
@@ -8,19 +9,23 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use podmeter_common::{Connection, CountKey, FlowSums, SegmentEnds, names, stat};
 
 use crate::handshake::{Pending, PendingKey};
 
-/// Exact request/response counters per (cgroup, role, peer, counter), per CPU.
+/// Per (cgroup, role, peer), per CPU: the exact counters (requests by method, ended exchanges by
+/// method and status class), the in-flight time-integral, the latency sum and payload bytes.
+/// Allocated as flows appear: a value is 704 bytes per CPU.
 #[map]
-pub static COUNTS: PerCpuHashMap<CountKey, u64> = PerCpuHashMap::with_max_entries(65_536, 0);
+pub static FLOWS: PerCpuHashMap<CountKey, FlowSums> =
+    PerCpuHashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
-/// Per (cgroup, role, peer) sums, per CPU: in-flight time-integral, latency sum, payload bytes.
+/// One zeroed [`FlowSums`], never written: a new flow's value is copied from it (the eBPF stack
+/// has no room for one).
 #[map]
-pub static FLOWS: PerCpuHashMap<CountKey, FlowSums> = PerCpuHashMap::with_max_entries(16_384, 0);
+pub static FLOW_ZERO: Array<FlowSums> = Array::with_max_entries(1, 0);
 
 /// Latency histogram: exchanges per (cgroup, role, peer, `latency::bucket`), shared by all CPUs
 /// (atomic adds) and allocated as buckets are used: a flow uses a few dozen of the 1,728.
@@ -54,7 +59,6 @@ pub static NODE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4_096, 0);
 #[map]
 pub static NODE_CLIENTS: LruHashMap<SegmentEnds, u8> = LruHashMap::with_max_entries(4_096, 0);
 
-shared_name!(COUNTS, names::COUNTS);
 shared_name!(CONNECTIONS, names::CONNECTIONS);
 shared_name!(EVENTS, names::EVENTS);
 shared_name!(STATS, names::STATS);

@@ -17,14 +17,12 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use podmeter_common::{
-    Connection, CountKey, connection_flag as flag, counter, event_kind, peer, phase, role, stat,
+    Connection, CountKey, connection_flag as flag, event_kind, peer, phase, role, stat,
     status_class,
 };
 
 use crate::{
-    accounting::{
-        Bytes, Head, Header, bump, count, emit, flow_bytes, flow_ended, flow_started, now,
-    },
+    accounting::{Bytes, Head, Header, bump, emit, flow_bytes, flow_ended, flow_started, now},
     handshake,
     http::{self, CONTINUE_LEN, PREFIX},
     maps::{CONNECTIONS, NODE_CGROUPS, NODE_CLIENTS},
@@ -108,13 +106,10 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
                     peer: conn_peer,
                     counter: 0,
                 };
-                count(&CountKey {
-                    counter: counter::requests(method),
-                    ..key
-                });
                 flow_started(
                     &key,
                     ts,
+                    method,
                     Bytes {
                         request: 0,
                         response: 0,
@@ -339,8 +334,7 @@ fn on_request_direction(
     conn.req_ts = ts;
     conn.method = method;
     conn.flags = (conn.flags | flag::REQ_SEQ) & !flag::RESPONSE_DATA;
-    count(&conn.count_key(counter::requests(method)));
-    flow_started(&conn.count_key(0), ts, take_bytes(conn));
+    flow_started(&conn.count_key(0), ts, method, take_bytes(conn));
     let head = Head::Payload {
         ctx,
         off: seg.payload_off,
@@ -397,11 +391,17 @@ fn on_response_direction(
 #[inline(always)]
 fn end_exchange(conn: &mut Connection, cookie: u64, class: u16, status: u32) {
     conn.phase = phase::IDLE;
-    count(&conn.count_key(counter::responses(conn.method, class)));
     let ts = now();
     // An unrecognised response (status 0) ended the exchange, but when it started is unknown.
     let latency = (status != 0).then(|| ts.saturating_sub(conn.req_ts));
-    flow_ended(&conn.count_key(0), ts, latency, take_bytes(conn));
+    flow_ended(
+        &conn.count_key(0),
+        ts,
+        conn.method,
+        class,
+        latency,
+        take_bytes(conn),
+    );
     emit(
         &header(conn, cookie, ts, event_kind::RESPONSE, class, status),
         Head::None,
@@ -422,9 +422,15 @@ pub fn on_close(cookie: u64) {
         } else {
             status_class::NONE
         };
-        count(&conn.count_key(counter::responses(conn.method, class)));
         let ts = now();
-        flow_ended(&conn.count_key(0), ts, None, take_bytes(conn));
+        flow_ended(
+            &conn.count_key(0),
+            ts,
+            conn.method,
+            class,
+            None,
+            take_bytes(conn),
+        );
         emit(
             &header(
                 conn,

@@ -16,7 +16,6 @@ use aya::{
 use podmeter_common::{CountKey, names};
 use prometheus_client::registry::Registry;
 
-type CountsMap = aya::maps::PerCpuHashMap<MapData, CountKey, u64>;
 type FlowsMap = aya::maps::PerCpuHashMap<MapData, CountKey, podmeter_common::FlowSums>;
 type LatencyMap = aya::maps::HashMap<MapData, CountKey, u64>;
 use tokio::io::unix::AsyncFd;
@@ -212,7 +211,6 @@ pub async fn run(
     };
     let Probes {
         programs,
-        mut counts,
         flows: mut flow_sums,
         mut latency,
         stats,
@@ -348,7 +346,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = poll.tick() => {
-                if let Err(e) = book_counts(&counts, &flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
+                if let Err(e) = book_counts(&flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
             }
@@ -369,14 +367,14 @@ pub async fn run(
             }
             _ = sweep.tick() => {
                 // Book what is left before forgetting anything.
-                if let Err(e) = book_counts(&counts, &flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
+                if let Err(e) = book_counts(&flow_sums, &stats, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared) {
                     warn!(error = %e, "reading kernel counters failed");
                 }
                 if let Err(e) = book_latency(&latency, &mut kernel_sums, &mut resolver, &shared) {
                     warn!(error = %e, "reading the kernel's latency histogram failed");
                 }
-                kernel_sums.sweep(&mut flow_sums, &mut latency, &mut resolver);
-                sweep_dead_cgroups(&mut counts, &mut deltas, checkpoint.as_mut(), &mut resolver, &shared, config.pod_grace);
+                kernel_sums.sweep(&mut latency, &mut resolver);
+                sweep_dead_cgroups(&mut flow_sums, &mut deltas, &mut kernel_sums, checkpoint.as_mut(), &mut resolver, &shared, config.pod_grace);
                 count_connections(&programs, &config.map_sizes, &shared);
                 if !config.node_requests_in_rate {
                     node_cgroups.sync(&resolver.node_cgroups());
@@ -389,7 +387,6 @@ pub async fn run(
     // programs; pinned links stay attached and counting for the next agent, unless this exit is
     // an uninstall.
     let _ = book_counts(
-        &counts,
         &flow_sums,
         &stats,
         &mut deltas,
@@ -541,23 +538,17 @@ impl KernelSums {
     /// Starts from what the maps hold now (a takeover), booking none of it.
     fn prime(&mut self, flows: &FlowsMap, latency: &LatencyMap) -> Result<(), Error> {
         self.flows
-            .prime(&flow_sums::read_flows(flows, pins::monotonic_ns())?);
+            .prime(&flow_sums::read_flows(flows, pins::monotonic_ns())?.sums);
         self.histogram
             .prime(&latency_histogram::read_buckets(latency)?);
         Ok(())
     }
 
-    /// Deletes the flow sums and latency buckets of cgroups that no longer exist (booked already).
-    /// As for the counters, a cgroup not scanned yet is not taken for gone (`CgroupIndex::gone`).
-    fn sweep(&mut self, flows: &mut FlowsMap, latency: &mut LatencyMap, resolver: &mut Resolver) {
-        let flow_keys: Vec<CountKey> = flows.keys().filter_map(Result::ok).collect();
+    /// Deletes the latency buckets of cgroups that no longer exist (booked already). As for the
+    /// flows, a cgroup not scanned yet is not taken for gone (`CgroupIndex::gone`).
+    fn sweep(&mut self, latency: &mut LatencyMap, resolver: &mut Resolver) {
         let bucket_keys: Vec<CountKey> = latency.keys().filter_map(Result::ok).collect();
         let listed = Instant::now();
-        for key in flow_keys {
-            if resolver.cgroups.gone(key.cgroup_id, listed) && flows.remove(&key).is_ok() {
-                self.flows.forget(&counters::FlowKey::of(&key));
-            }
-        }
         for key in bucket_keys {
             if resolver.cgroups.gone(key.cgroup_id, listed) && latency.remove(&key).is_ok() {
                 self.histogram.forget(&key);
@@ -571,7 +562,6 @@ impl KernelSums {
     reason = "one read of every kernel total, booked together"
 )]
 fn book_counts(
-    counts: &CountsMap,
     flows: &FlowsMap,
     stats: &aya::maps::PerCpuArray<MapData, u64>,
     deltas: &mut Deltas,
@@ -580,9 +570,11 @@ fn book_counts(
     resolver: &mut Resolver,
     shared: &Shared,
 ) -> Result<(), Error> {
-    let current = counters::read_counts(counts)?;
     let read_ns = pins::monotonic_ns();
-    let current_flows = flow_sums::read_flows(flows, read_ns)?;
+    let flow_sums::FlowsRead {
+        sums: current_flows,
+        counters: current,
+    } = flow_sums::read_flows(flows, read_ns)?;
     let kernel = counters::read_stats(stats)?;
     // The rates spread what changed over the time since the previous read: take the time of
     // this read right after reading.
@@ -682,22 +674,23 @@ fn count_connections(programs: &Ebpf, sizes: &MapSizes, shared: &Shared) {
     );
 }
 
-/// Deletes the kernel counters of cgroups that no longer exist (their counts are booked already)
+/// Deletes the flows (their counters and sums) of cgroups that no longer exist (booked already)
 /// and lets pods without cgroups leave after the grace period.
 fn sweep_dead_cgroups(
-    counts: &mut CountsMap,
+    flows: &mut FlowsMap,
     deltas: &mut Deltas,
+    sums: &mut KernelSums,
     mut checkpoint: Option<&mut pins::Checkpoint>,
     resolver: &mut Resolver,
     shared: &Shared,
     grace: Duration,
 ) {
-    let keys: Vec<CountKey> = counts.keys().filter_map(Result::ok).collect();
+    let keys: Vec<CountKey> = flows.keys().filter_map(Result::ok).collect();
     let listed = Instant::now();
     let mut removed = 0u64;
     let mut live_pods = HashSet::new();
     for key in keys {
-        // Not `exists`: a counter can appear for a cgroup the index has not scanned yet (at the
+        // Not `exists`: a flow can appear for a cgroup the index has not scanned yet (at the
         // agent's first sweep, a pod's first request), and deleting it would lose its count.
         if !resolver.cgroups.gone(key.cgroup_id, listed) {
             if let Some(pod) = resolver.pod(key.cgroup_id) {
@@ -705,10 +698,12 @@ fn sweep_dead_cgroups(
             }
             continue;
         }
-        if counts.remove(&key).is_ok() {
-            deltas.forget(&key);
+        if flows.remove(&key).is_ok() {
+            let flow = counters::FlowKey::of(&key);
+            deltas.forget_flow(&flow);
+            sums.flows.forget(&flow);
             if let Some(checkpoint) = checkpoint.as_deref_mut() {
-                checkpoint.forget(&key);
+                checkpoint.forget_flow(&flow);
             }
             removed += 1;
         }

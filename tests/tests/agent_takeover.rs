@@ -209,7 +209,7 @@ fn restart_while_serving(signal: libc::c_int, upgrade: bool) {
     let (ok, removed) = pins.uninstall();
     assert!(ok, "agent-uninstall failed: {removed}");
     assert!(removed.contains("link-podmeter_ingress"), "{removed}");
-    assert!(removed.contains("COUNTS"), "{removed}");
+    assert!(removed.contains("FLOWS"), "{removed}");
     assert!(attached(root).is_empty(), "uninstall detached everything");
     assert!(!pins.path.exists(), "uninstall removed the pin directory");
 }

@@ -1,4 +1,5 @@
-//! Reading the kernel's exact counters and turning them into per-(cgroup, role, peer) deltas.
+//! The kernel's exact counters, read out of the flows' values (`FLOWS`), and turned into
+//! per-(cgroup, role, peer) deltas.
 //!
 //! The counters are the source of truth for request counts and rates: they are exact even when
 //! the event ring overflows. Each read sums the per-CPU copies; [`Deltas`] remembers the last
@@ -7,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use podmeter_common::{CountKey, counter, method, names, stat, status_class};
+use aya::maps::{MapData, PerCpuArray};
+use podmeter_common::{CountKey, FlowSums, counter, method, names, stat, status_class};
 
 use crate::{Error, attribution, attribution::flow::Flow, identity::PodId};
 
@@ -55,19 +56,33 @@ impl Counts {
     }
 }
 
-/// Sums the per-CPU copies of every counter.
-pub fn read_counts(
-    map: &PerCpuHashMap<MapData, CountKey, u64>,
-) -> Result<Vec<(CountKey, u64)>, Error> {
-    map.iter()
-        .map(|entry| {
-            let (key, per_cpu) = entry.map_err(|source| Error::Map {
-                map: names::COUNTS,
-                source,
-            })?;
-            Ok((key, per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v))))
-        })
-        .collect()
+/// Appends the exact counters of the flow `key` (its `counter` is 0), summed over its per-CPU
+/// values, to `out`: one entry per counter kind that has counted anything.
+pub fn of_flow(key: &CountKey, per_cpu: &[FlowSums], out: &mut Vec<(CountKey, u64)>) {
+    let mut push = |counter: u16, value: u64| {
+        if value != 0 {
+            out.push((CountKey { counter, ..*key }, value));
+        }
+    };
+    for m in 1..method::COUNT {
+        let i = usize::from(m);
+        push(
+            counter::requests(m),
+            per_cpu
+                .iter()
+                .fold(0u64, |a, c| a.wrapping_add(c.requests[i])),
+        );
+    }
+    for m in 0..method::COUNT {
+        for class in 0..status_class::COUNT {
+            push(
+                counter::responses(m, class as u16),
+                per_cpu.iter().fold(0u64, |a, c| {
+                    a.wrapping_add(c.responses[usize::from(m)][class])
+                }),
+            );
+        }
+    }
 }
 
 /// Sums the per-CPU copies of the kernel's self-statistics.
@@ -120,8 +135,9 @@ impl Deltas {
     }
 
     /// Forgets a counter that was deleted from the kernel map.
-    pub fn forget(&mut self, key: &CountKey) {
-        self.last.remove(key);
+    /// Forgets the counters of a flow deleted from the kernel map.
+    pub fn forget_flow(&mut self, flow: &FlowKey) {
+        self.last.retain(|key, _| FlowKey::of(key) != *flow);
     }
 }
 
@@ -186,11 +202,30 @@ mod tests {
     }
 
     #[test]
-    fn recreated_counter_counts_from_zero() {
+    fn a_recreated_flow_counts_from_zero() {
         let mut d = Deltas::default();
-        d.update(&[(key(GET), 100)]);
-        d.forget(&key(GET));
+        d.update(&[(key(GET), 100), (key(OK), 90)]);
+        d.forget_flow(&FLOW);
         assert_eq!(d.update(&[(key(GET), 2)]), vec![(FLOW, counts(2, 0))]);
+    }
+
+    #[test]
+    fn a_flows_counters_are_summed_over_cpus_and_named_by_kind() {
+        let (mut cpu0, mut cpu1) = (FlowSums::default(), FlowSums::default());
+        cpu0.requests[usize::from(method::GET)] = 3;
+        cpu1.requests[usize::from(method::GET)] = u64::MAX; // wraps: -1
+        cpu1.requests[usize::from(method::POST)] = 1;
+        cpu0.responses[usize::from(method::GET)][2] = 2;
+        let mut out = Vec::new();
+        of_flow(&key(0), &[cpu0, cpu1], &mut out);
+        assert_eq!(
+            out,
+            vec![
+                (key(GET), 2),
+                (key(counter::requests(method::POST)), 1),
+                (key(OK), 2)
+            ]
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuHashMap};
 use podmeter_common::{CountKey, FlowSums, TIMESTAMP_OFFSET, names};
 
-use super::counters::FlowKey;
+use super::counters::{self, FlowKey};
 use crate::Error;
 
 /// One flow's sums as read at one time, summed over CPUs.
@@ -65,20 +65,29 @@ pub struct FlowDelta {
     pub response_bytes: u64,
 }
 
-/// Reads every flow's sums, summed over CPUs, at `read_ns`.
+/// One read of every flow's value: its sums at the read's time, and its exact counters.
+#[derive(Debug, Default)]
+pub struct FlowsRead {
+    pub sums: Vec<(FlowKey, FlowRead)>,
+    pub counters: Vec<(CountKey, u64)>,
+}
+
+/// Reads every flow's value, summed over CPUs, at `read_ns`.
 pub fn read_flows(
     map: &PerCpuHashMap<MapData, CountKey, FlowSums>,
     read_ns: u64,
-) -> Result<Vec<(FlowKey, FlowRead)>, Error> {
-    map.iter()
-        .map(|entry| {
-            let (key, per_cpu) = entry.map_err(|source| Error::Map {
-                map: names::FLOWS,
-                source,
-            })?;
-            Ok((FlowKey::of(&key), FlowRead::at(&per_cpu, read_ns)))
-        })
-        .collect()
+) -> Result<FlowsRead, Error> {
+    let mut read = FlowsRead::default();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry.map_err(|source| Error::Map {
+            map: names::FLOWS,
+            source,
+        })?;
+        read.sums
+            .push((FlowKey::of(&key), FlowRead::at(&per_cpu, read_ns)));
+        counters::of_flow(&key, &per_cpu, &mut read.counters);
+    }
+    Ok(read)
 }
 
 /// Any real integral over a read interval is far below this (2^61 ns is 73 years of one request

@@ -5,7 +5,7 @@
 //! Layout of one cgroup root's directory:
 //!
 //! ```text
-//! COUNTS STATS CONNECTIONS PENDING EVENTS   the programs' maps (reused by name at load)
+//! FLOWS LATENCY STATS CONNECTIONS PENDING ...  the programs' maps (reused by name at load)
 //! CHECKPOINT                                CountKey -> the value the last agent booked
 //! META                                      [layout version, build, checkpoint CLOCK_MONOTONIC ns]
 //! link-podmeter_ingress, link-podmeter_egress, link-podmeter_sock_ops   the cgroup BPF links
@@ -36,16 +36,18 @@ use aya::{
 use podmeter_common::{CountKey, names};
 use tracing::{info, warn};
 
-use super::programs::{MapSizes, OBJECT, Probes, loader, program_error};
+use super::{
+    counters::FlowKey,
+    programs::{MapSizes, OBJECT, Probes, loader, program_error},
+};
 use crate::Error;
 
 /// Version of what is pinned: the maps' key and value layouts, the META slots and the checkpoint's
 /// meaning. Bump it with any change to them; pins of another version are replaced, not read.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Maps of the eBPF object pinned by name: the programs and the agent share them.
-const PINNED_MAPS: [&str; 9] = [
-    names::COUNTS,
+const PINNED_MAPS: [&str; 8] = [
     names::FLOWS,
     names::LATENCY,
     names::STATS,
@@ -156,10 +158,17 @@ impl Checkpoint {
             })
     }
 
-    /// Forgets a counter deleted from the kernel map.
-    pub fn forget(&mut self, key: &CountKey) {
-        if self.written.remove(key).is_some() {
-            let _ = self.booked.remove(key);
+    /// Forgets the counters of a flow deleted from the kernel map.
+    pub fn forget_flow(&mut self, flow: &FlowKey) {
+        let keys: Vec<CountKey> = self
+            .written
+            .keys()
+            .filter(|key| FlowKey::of(key) == *flow)
+            .copied()
+            .collect();
+        for key in keys {
+            self.written.remove(&key);
+            let _ = self.booked.remove(&key);
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct MapSizes {
     pub ring_bytes: u32,
     /// Connections tracked at once (LRU: the least recently used are evicted).
     pub connections: u32,
-    /// Counter entries: (cgroup, role, peer, counter kind).
+    /// Entries of the pinned checkpoint: one per (cgroup, role, peer, counter kind) that counted.
     pub counters: u32,
     /// Whether the programs write per-request events (route labels need them; nothing else
     /// does). Not a size, but fixed at load like the sizes.
@@ -53,8 +53,7 @@ impl Default for MapSizes {
 pub struct Probes {
     /// The programs and their links: dropping it detaches them.
     pub programs: Ebpf,
-    pub counts: PerCpuHashMap<MapData, CountKey, u64>,
-    /// Per-flow sums: in-flight integral, latency sum, bytes.
+    /// Per flow: the exact counters, the in-flight integral, latency sum, bytes.
     pub flows: PerCpuHashMap<MapData, CountKey, FlowSums>,
     /// The latency histogram's buckets.
     pub latency: HashMap<MapData, CountKey, u64>,
@@ -72,7 +71,6 @@ pub(super) fn loader(sizes: &MapSizes) -> EbpfLoader<'static> {
     loader
         .map_max_entries(names::EVENTS, sizes.ring_bytes)
         .map_max_entries(names::CONNECTIONS, sizes.connections)
-        .map_max_entries(names::COUNTS, sizes.counters)
         .override_global(
             names::EVENTS_ON,
             if sizes.events {
@@ -129,7 +127,6 @@ impl Probes {
     /// Takes the maps the agent reads out of a loaded object.
     pub(super) fn take_maps(mut ebpf: Ebpf) -> Result<Self, Error> {
         Ok(Self {
-            counts: take_map(&mut ebpf, names::COUNTS)?,
             flows: take_map(&mut ebpf, names::FLOWS)?,
             latency: take_map(&mut ebpf, names::LATENCY)?,
             stats: take_map(&mut ebpf, names::STATS)?,
