@@ -308,7 +308,8 @@ impl Curl {
     }
 
     fn common_args(&self, command: &mut Command, body_dir: &TempDir) -> Result<()> {
-        command.args(["--silent", "--show-error", "--max-time", "20"]);
+        // --globoff: URLs are taken as written (an IPv6 literal's brackets are not a glob).
+        command.args(["--silent", "--show-error", "--globoff", "--max-time", "20"]);
         if self.http10 {
             command.arg("--http1.0");
         }

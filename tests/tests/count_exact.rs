@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use podmeter_tests::{AgentProcess, Cluster, Curl, Hey, Nginx, PodCounts, serial};
+use podmeter_tests::{
+    AgentProcess, Cluster, Curl, Hey, Nginx, PodCounts, serial, wait::poll_until,
+};
 
 #[test]
 fn keepalive_requests_between_two_pods_count_once_for_each_side() {
@@ -240,5 +242,56 @@ fn five_percent_packet_loss_keeps_counts_exact() {
     );
     pod_a.clear_ingress_loss().expect("clear loss a");
     pod_b.clear_ingress_loss().expect("clear loss b");
+    assert!(agent.terminate().expect("stop agent").success());
+}
+
+/// An HTTP server on the pod's IPv6 loopback address, and 25 requests to it from the same
+/// process, one connection each; prints the number answered 200.
+const IPV6_LOOPBACK: &str = r#"
+import http.client, http.server, socket, threading
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+server = Server(("::1", 0), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+port = server.server_address[1]
+ok = 0
+for _ in range(25):
+    c = http.client.HTTPConnection("::1", port, timeout=10)
+    c.request("GET", "/")
+    r = c.getresponse()
+    r.read()
+    ok += r.status == 200
+    c.close()
+server.shutdown()
+print(ok, flush=True)
+"#;
+
+#[test]
+fn ipv6_requests_count_once_for_each_side() {
+    let _serial = serial();
+    let cluster = Cluster::new().expect("cluster");
+    let pod_b = cluster.pod("default", "pod-b").expect("pod b");
+    let mut agent = AgentProcess::start(cluster.cgroup_root(), &[]).expect("agent");
+
+    // IPv6 headers, booked as loopback traffic on both sides.
+    let out = pod_b
+        .run("python3", &["-c", IPV6_LOOPBACK], Duration::from_secs(30))
+        .expect("python3 in pod b")
+        .check("IPv6 loopback server and client")
+        .expect("runs");
+    assert_eq!(out.stdout.trim(), "25", "{out:?}");
+    let counted = poll_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        agent.pod_entry("default", "pod-b").is_ok_and(|p| {
+            p.loopback_inbound.totals.responses.success == 25
+                && p.loopback_outbound.totals.responses.success == 25
+        })
+    });
+    let entry = agent.pod_entry("default", "pod-b").expect("pod b entry");
+    assert!(counted, "{entry:?}");
+    for flow in [&entry.loopback_inbound, &entry.loopback_outbound] {
+        assert_eq!(flow.totals.requests, 25, "{entry:?}");
+        assert_eq!(flow.totals.responses.total(), 25, "{entry:?}");
+    }
+    assert_eq!(entry.inbound.totals.requests, 0, "{entry:?}");
     assert!(agent.terminate().expect("stop agent").success());
 }
