@@ -557,10 +557,6 @@ impl KernelSums {
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one read of every kernel total, booked together"
-)]
 fn book_counts(
     flows: &FlowsMap,
     stats: &aya::maps::PerCpuArray<MapData, u64>,
