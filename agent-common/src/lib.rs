@@ -252,10 +252,6 @@ pub mod connection_flag {
     /// Found mid-stream (opened before the agent, or evicted): no `sock_ops` state callback
     /// reports its close, so its FIN and RST segments do.
     pub const CLOSE_FROM_SEGMENTS: u32 = 64;
-    /// A FIN arrived at this socket.
-    pub const FIN_RECEIVED: u32 = 128;
-    /// This socket sent a FIN.
-    pub const FIN_SENT: u32 = 256;
 }
 
 /// Value of the kernel's connection table ([`names::CONNECTIONS`], keyed by socket cookie):
@@ -290,6 +286,13 @@ pub struct Connection {
     pub req_bytes: u32,
     /// Response-direction payload bytes not yet added to the flow's totals.
     pub resp_bytes: u32,
+    /// Non-zero once this socket sent a FIN. A byte of its own, not a `flags` bit: the FIN leaves
+    /// on one CPU while a request may arrive on another, and a read-modify-write of `flags`
+    /// there could lose it.
+    pub fin_sent: u8,
+    /// Non-zero once a FIN arrived at this socket.
+    pub fin_received: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Connection {
@@ -310,6 +313,9 @@ impl Connection {
             resp_edge: 0,
             req_bytes: 0,
             resp_bytes: 0,
+            fin_sent: 0,
+            fin_received: 0,
+            _pad: [0; 6],
         }
     }
 
@@ -447,7 +453,7 @@ mod user {
 const _: () = {
     assert!(size_of::<CountKey>() == 8 + 4 + 2 + 2);
     assert!(size_of::<HttpEvent>() == 3 * 8 + 5 * 4 + 2 * 2 + HEAD_LEN);
-    assert!(size_of::<Connection>() == 2 * 8 + 9 * 4 + 2 * 2);
+    assert!(size_of::<Connection>() == 2 * 8 + 9 * 4 + 2 * 2 + 8);
     assert!(size_of::<FlowSums>() == 8 * (8 + 10 + 10 * 7));
     assert!(size_of::<SegmentEnds>() == 2 * 16 + 2 * 2);
 };

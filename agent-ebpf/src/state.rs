@@ -67,13 +67,12 @@ fn on_closing_segment(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     // SAFETY: points into a live LRU map value.
     let conn = unsafe { &mut *conn };
     if seg.closing & packet::TCP_RST == 0 {
-        conn.flags |= if ingress {
-            flag::FIN_RECEIVED
+        if ingress {
+            conn.fin_received = 1;
         } else {
-            flag::FIN_SENT
-        };
-        if conn.flags & (flag::FIN_RECEIVED | flag::FIN_SENT) != flag::FIN_RECEIVED | flag::FIN_SENT
-        {
+            conn.fin_sent = 1;
+        }
+        if conn.fin_received == 0 || conn.fin_sent == 0 {
             return;
         }
     }
@@ -151,7 +150,7 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
         return;
     }
     let request_direction = (conn.role == role::SERVER) == ingress;
-    if request_direction && conn.flags & answer_fin(conn.role) != 0 {
+    if request_direction && answering_side_closed(conn) {
         after_close(seg, &prefix, conn, cookie);
         return;
     }
@@ -168,13 +167,13 @@ fn on_payload(ctx: &SkBuffContext, seg: &Segment, ingress: bool) {
     }
 }
 
-/// The FIN of the side that answers requests on a connection of `conn_role`: the server's.
+/// Has the side that answers requests on this connection (the server) sent its FIN?
 #[inline(always)]
-fn answer_fin(conn_role: u32) -> u32 {
-    if conn_role == role::SERVER {
-        flag::FIN_SENT
+fn answering_side_closed(conn: &Connection) -> bool {
+    if conn.role == role::SERVER {
+        conn.fin_sent != 0
     } else {
-        flag::FIN_RECEIVED
+        conn.fin_received != 0
     }
 }
 

@@ -59,6 +59,8 @@ const PINNED_MAPS: [&str; 8] = [
     names::EVENTS,
 ];
 const CHECKPOINT: &str = "CHECKPOINT";
+/// `BPF_F_NO_PREALLOC` (linux/bpf.h): a hash map's elements allocated as they are inserted.
+const BPF_F_NO_PREALLOC: u32 = 1;
 const META: &str = "META";
 const LINK_PREFIX: &str = "link-";
 
@@ -320,7 +322,9 @@ fn open_checkpoint(
     let meta_path = dir.join(META);
     let booked: HashMap<MapData, CountKey, u64> =
         open_or_create(&booked_path, Map::HashMap, || {
-            HashMap::<MapData, CountKey, u64>::create(sizes.counters, 0)?.pin(&booked_path)?;
+            // Allocated as counters appear (BPF_F_NO_PREALLOC): room for every counter that counted.
+            HashMap::<MapData, CountKey, u64>::create(sizes.counters, BPF_F_NO_PREALLOC)?
+                .pin(&booked_path)?;
             Ok(())
         })?;
     let meta: Array<MapData, u64> = open_or_create(&meta_path, Map::Array, || {

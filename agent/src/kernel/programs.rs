@@ -42,8 +42,9 @@ impl Default for MapSizes {
             ring_bytes: 4 << 20,
             // Far above the connections one node serves; 32 bytes each plus overhead.
             connections: 131_072,
-            // Up to 32 counters per cgroup (2 roles x 2 peer classes x 8 kinds) for 2k cgroups.
-            counters: 65_536,
+            // The counters that counted: a flow has 79 kinds, of which a few count (a GET and
+            // its 2xx, say); 262,144 holds 3,318 flows even if every kind of each counted.
+            counters: 262_144,
             events: false,
         }
     }

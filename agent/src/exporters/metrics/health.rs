@@ -227,7 +227,7 @@ fn counters(r: &HealthReading) -> [Row; 17] {
         ),
         (
             "count_entries_removed",
-            "Entries of deleted cgroups removed from the kernel's exact count map after their counts were read",
+            "Flows (counters and sums) of deleted cgroups removed from the kernel's flow map after they were read",
             h.counter_entries_removed,
         ),
         (
@@ -258,7 +258,7 @@ fn gauges(r: &HealthReading) -> [Row; 5] {
         ),
         (
             "count_entries",
-            "Entries in the kernel's exact count map",
+            "Exact counters that have counted, read from the kernel's flow map",
             h.counter_entries,
         ),
         (
