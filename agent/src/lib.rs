@@ -75,3 +75,14 @@ pub mod pipeline {
         kernel::counters::{Deltas, by_pod},
     };
 }
+
+/// The parsers of bytes from the network or a caller (ring buffer records, request lines and
+/// targets, the API's bearer token), public only for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::{
+        books::routes::normalise,
+        events::decode::{Event, decode, parse_request_line},
+        exporters::api_auth::bearer_token,
+    };
+}

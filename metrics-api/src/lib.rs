@@ -4,8 +4,9 @@
 //! discovery, TLS, request-header authentication and SubjectAccessReview authorisation.
 //!
 //! Outside this crate only the process is used: [`aggregator::command`] (`podmeter
-//! metrics-api`'s flags and `run_args`) and [`Quantity`] (tests read served values with it).
-//! `aggregator/command.rs` wires the rest: a `MemorySource` the collector keeps current, the
+//! metrics-api`'s flags and `run_args`), [`aggregator::standalone`] (the scale bench) and
+//! [`Quantity`] (tests read served values with it); [`MemorySource`] is a source of values set by
+//! hand (the route tests). `aggregator/command.rs` wires the rest: the collector's snapshot, the
 //! `router` behind `protect` (request-header authentication, SubjectAccessReviews), `serve`d
 //! over TLS.
 //!
@@ -37,6 +38,7 @@ mod tests;
 
 pub use error::Error;
 pub use quantity::{Quantity, QuantityError};
+pub use source::MemorySource;
 
 // The server's parts the `aggregator` process wires together.
 pub(crate) use auth::protect;
@@ -45,6 +47,18 @@ pub(crate) use request_header::{RequestHeaderAuth, RequestHeaderConfig};
 pub(crate) use routes::{ApiOptions, router};
 pub(crate) use source::{
     HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_CONCURRENCY,
-    HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample, podmeter_metrics,
+    HTTP_REQUESTS_PER_SECOND, PodSample, Sample, podmeter_metrics,
 };
 pub(crate) use tls::{ServingCertificate, serve, server_config};
+
+/// The parsers of what callers send (paths, queries, label selectors, Quantities, front-proxy
+/// headers and certificates), public only for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::{
+        request_header::{common_name, parse_certificates, user_from_headers},
+        request_info::attributes,
+        selector::Selector,
+        uri::{decode_path, query_param, segments},
+    };
+}

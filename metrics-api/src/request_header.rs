@@ -112,7 +112,7 @@ impl RequestHeaderConfig {
 }
 
 /// Every certificate in a PEM bundle; none is an error.
-pub(crate) fn parse_certificates(
+pub fn parse_certificates(
     pem: &[u8],
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -288,12 +288,20 @@ impl RequestHeaderAuthenticator {
                 });
             }
         }
+        trust.user(headers)
+    }
+}
+
+impl Trust {
+    /// The user `headers` name, read as the front proxy wrote them; the connection is trusted
+    /// already.
+    fn user(&self, headers: &HeaderMap) -> Result<UserInfo, AuthenticationError> {
         let name =
-            first_value(headers, &trust.username).ok_or_else(|| AuthenticationError::NoUser {
-                headers: trust.username.iter().map(ToString::to_string).collect(),
+            first_value(headers, &self.username).ok_or_else(|| AuthenticationError::NoUser {
+                headers: self.username.iter().map(ToString::to_string).collect(),
             })?;
-        let uid = first_value(headers, &trust.uid).unwrap_or_default();
-        let mut groups: Vec<String> = trust
+        let uid = first_value(headers, &self.uid).unwrap_or_default();
+        let mut groups: Vec<String> = self
             .groups
             .iter()
             .flat_map(|name| headers.get_all(name))
@@ -302,7 +310,7 @@ impl RequestHeaderAuthenticator {
             .map(str::to_owned)
             .collect();
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for prefix in &trust.extra_prefixes {
+        for prefix in &self.extra_prefixes {
             for (header, value) in headers {
                 let Some(key) = header.as_str().strip_prefix(prefix.as_str()) else {
                     continue;
@@ -334,7 +342,7 @@ impl RequestHeaderAuthenticator {
 }
 
 /// The certificate's subject CN (the last one, as Go's `pkix.Name.CommonName` keeps).
-fn common_name(der: &CertificateDer<'_>) -> Result<String, AuthenticationError> {
+pub fn common_name(der: &CertificateDer<'_>) -> Result<String, AuthenticationError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(AuthenticationError::Unparseable)?;
     Ok(certificate
@@ -344,6 +352,17 @@ fn common_name(der: &CertificateDer<'_>) -> Result<String, AuthenticationError> 
         .last()
         .unwrap_or_default()
         .to_owned())
+}
+
+/// The user `headers` name under the header names of a
+/// `kube-system/extension-apiserver-authentication` ConfigMap's `data`, as
+/// [`RequestHeaderAuthenticator::authenticate`] reads them once the client certificate is
+/// trusted. Public for the fuzz targets only (`fuzz/`), which cannot present a trusted chain.
+pub fn user_from_headers(
+    configmap: &BTreeMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Result<UserInfo, AuthenticationError>, Error> {
+    Ok(Trust::new(RequestHeaderConfig::from_configmap_data(configmap)?)?.user(headers))
 }
 
 #[cfg(test)]

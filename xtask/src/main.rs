@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask test | lint | demo | bench | image`. `./run <task>` installs what is missing first.
+//! Project tasks: `cargo xtask test | lint | fuzz | demo | bench | image`. `./run <task>` installs what is missing first.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod interrupt;
 mod test;
@@ -28,6 +29,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The cargo-fuzz targets in fuzz/: installs cargo-fuzz if missing, builds them, replays
+    /// fuzz/regressions/, then runs each for `--seconds` (about 2 min 15 s in all by default).
+    Fuzz(fuzz::Args),
     /// The local demo: netns pods with real nginx, hey load, and the agent counting each request once.
     Demo(demo::Args),
     /// Measures podmeter against its performance targets; prints a table and writes
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Lint => test::lint(),
         Task::Test { no_lint, args } => test::test(!no_lint, &args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Image(args) => image::run(&args),

@@ -1,4 +1,5 @@
-//! The agent's HTTP API: per-pod totals and rates as JSON (`/v1/pods`), its own health
+//! The agent's HTTP API: per-pod totals and rates as JSON (`/v1/pods`), of them only what the
+//! metrics API serves (`/v1/pods/inbound`, which it reads every second), its own health
 //! (`/v1/agent`), Prometheus metrics (`/metrics`) and a liveness probe (`/healthz`).
 
 use std::future::Future;
@@ -10,7 +11,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use podmeter_wire::{AgentReply, FlowReply, ObservedReply, PodReply, PodsReply, UnattributedReply};
+use podmeter_wire::{
+    AgentReply, FlowReply, InboundPod, InboundReply, ObservedReply, PodReply, PodsReply,
+    UnattributedReply,
+};
 
 use crate::{
     attribution::flow::Flow,
@@ -25,6 +29,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/pods", get(pods))
+        .route("/v1/pods/inbound", get(inbound))
         .route("/v1/agent", get(agent))
         .with_state(shared)
 }
@@ -71,17 +76,42 @@ fn flows(traffic: &PodTraffic, books: &Books, book: Option<&PodBook>) -> [FlowRe
         Flow::LoopbackOutbound,
         Flow::NodeInbound,
     ]
-    .map(|flow| {
-        let rates = books.flow_rates(book, flow);
-        FlowReply {
-            totals: *traffic.totals(flow),
-            rate: rates.requests,
-            duration: book.and_then(|b| b.duration(flow)),
-            concurrency: Some(rates.concurrency),
-            request_bytes_per_second: rates.request_bytes,
-            response_bytes_per_second: rates.response_bytes,
-        }
-    })
+    .map(|flow| flow_reply(traffic, books, book, flow))
+}
+
+/// One flow of [`flows`].
+fn flow_reply(
+    traffic: &PodTraffic,
+    books: &Books,
+    book: Option<&PodBook>,
+    flow: Flow,
+) -> FlowReply {
+    let rates = books.flow_rates(book, flow);
+    FlowReply {
+        totals: *traffic.totals(flow),
+        rate: rates.requests,
+        duration: book.and_then(|b| b.duration(flow)),
+        concurrency: Some(rates.concurrency),
+        request_bytes_per_second: rates.request_bytes,
+        response_bytes_per_second: rates.response_bytes,
+    }
+}
+
+/// `GET /v1/pods/inbound`: each pod's inbound flow as `/v1/pods` has it, reduced to what the
+/// metrics API serves.
+fn inbound_reply(books: &Books) -> InboundReply {
+    let mut pods: Vec<InboundPod> = books
+        .pods()
+        .map(|(id, book)| {
+            let inbound = flow_reply(book.traffic(), books, Some(book), Flow::Inbound);
+            InboundPod::new(id.namespace.clone(), id.name.clone(), &inbound)
+        })
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    InboundReply {
+        rate_window_seconds: books.window().secs(),
+        pods,
+    }
 }
 
 /// `GET /v1/pods`, built from the books.
@@ -140,6 +170,10 @@ fn pods_reply(books: &Books) -> PodsReply {
 
 async fn pods(State(shared): State<Shared>) -> Json<PodsReply> {
     Json(pods_reply(&shared.lock().books))
+}
+
+async fn inbound(State(shared): State<Shared>) -> Json<InboundReply> {
+    Json(inbound_reply(&shared.lock().books))
 }
 
 async fn agent(State(shared): State<Shared>) -> Json<AgentReply> {

@@ -16,7 +16,7 @@ use std::{
 use axum::{
     Router,
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -305,6 +305,16 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header; `None` without one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 async fn check<R: Reviewer>(
     State(guard): State<Arc<Guard<R>>>,
     request: Request,
@@ -313,14 +323,7 @@ async fn check<R: Reviewer>(
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
+    let Some(token) = bearer_token(request.headers()) else {
         return unauthorized();
     };
     match guard.decide(token).await {
@@ -463,5 +466,19 @@ mod tests {
             None
         );
         assert_eq!(user(status_for(false, &[AUDIENCE])), None);
+    }
+
+    #[test]
+    fn a_bearer_token_needs_the_scheme_and_a_value() {
+        let token = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&headers).map(str::to_owned)
+        };
+        assert_eq!(token("Bearer abc.def ").as_deref(), Some("abc.def"));
+        assert_eq!(token("Bearer   "), None);
+        assert_eq!(token("bearer abc"), None);
+        assert_eq!(token("Basic YWxhZGRpbjpvcGVuc2VzYW1l"), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
     }
 }

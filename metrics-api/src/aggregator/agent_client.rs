@@ -1,5 +1,6 @@
-//! Reading one node agent's `/v1/pods`: an async HTTP/1.1 client whose keep-alive connections
-//! are pooled across collections, each read bounded by a timeout. `https://` agents (those that
+//! Reading one node agent's `/v1/pods/inbound` (or, from an agent older than it, `/v1/pods`
+//! reduced to the same): an async HTTP/1.1 client whose keep-alive connections, and so TLS
+//! sessions, are pooled across collections, each read bounded by a timeout. `https://` agents (those that
 //! authenticate callers) are read over TLS without verifying their certificate, as
 //! metrics-server's `--kubelet-insecure-tls` does: each agent makes its own self-signed one, and
 //! what the metrics API sends them is a token bound to the agents' audience and valid for
@@ -15,16 +16,26 @@ use hyper_util::{
     client::legacy::{self, Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use podmeter_wire::PodsReply;
+use podmeter_wire::{InboundReply, PodsReply};
 use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::WebPkiSupportedAlgorithms,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
+use serde::de::DeserializeOwned;
 
 /// A bound on one reply; a node's pods take far less.
 const MAX_REPLY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Which answer an agent is read for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Format {
+    /// `/v1/pods/inbound`: only what the metrics API serves, about 140 bytes a pod.
+    Inbound,
+    /// `/v1/pods`, everything, about 1,800 bytes a pod: agents older than `/v1/pods/inbound`.
+    Pods,
+}
 
 /// The node agents' API, over connections kept alive between collections.
 #[derive(Clone, Debug)]
@@ -102,24 +113,59 @@ impl AgentClient {
         Ok(Self { http, timeout })
     }
 
+    /// The inbound values of `url`'s pods, read in `format`; an agent that answers 404 to
+    /// `/v1/pods/inbound` (older than it) is read again at `/v1/pods`. Returns the format that
+    /// answered, to ask for next time.
+    pub(super) async fn inbound(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        format: Format,
+    ) -> Result<(InboundReply, Format), FetchError> {
+        if format == Format::Inbound {
+            match self.get(url, "/v1/pods/inbound", token).await {
+                Err(error) if error.is_not_found() => {}
+                answer => return answer.map(|reply| (reply, Format::Inbound)),
+            }
+        }
+        let reply = self.pods(url, token).await?;
+        Ok((InboundReply::of(&reply), Format::Pods))
+    }
+
     /// `GET {url}/v1/pods`, with `token` as the bearer token when given.
     pub(super) async fn pods(
         &self,
         url: &str,
         token: Option<&str>,
     ) -> Result<PodsReply, FetchError> {
+        self.get(url, "/v1/pods", token).await
+    }
+
+    /// `GET {url}{path}` as JSON.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &'static str,
+        token: Option<&str>,
+    ) -> Result<T, FetchError> {
         let wrap = |failure| FetchError {
             url: url.to_owned(),
+            path,
             failure,
         };
-        tokio::time::timeout(self.timeout, self.get_pods(url, token))
+        tokio::time::timeout(self.timeout, self.get_json(url, path, token))
             .await
             .map_err(|_| wrap(Failure::Timeout(self.timeout)))?
             .map_err(wrap)
     }
 
-    async fn get_pods(&self, url: &str, token: Option<&str>) -> Result<PodsReply, Failure> {
-        let mut request = Request::get(format!("{url}/v1/pods"));
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<T, Failure> {
+        let mut request = Request::get(format!("{url}{path}"));
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -139,11 +185,19 @@ impl AgentClient {
 
 /// Why one collection from one node agent failed.
 #[derive(Debug, thiserror::Error)]
-#[error("GET {url}/v1/pods: {failure}")]
+#[error("GET {url}{path}: {failure}")]
 pub(super) struct FetchError {
     url: String,
+    path: &'static str,
     #[source]
     failure: Failure,
+}
+
+impl FetchError {
+    /// The agent has no such path.
+    fn is_not_found(&self) -> bool {
+        matches!(self.failure, Failure::Status(StatusCode::NOT_FOUND))
+    }
 }
 
 /// What went wrong in one read.
@@ -166,7 +220,7 @@ enum Failure {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
 
-    #[error("not a /v1/pods reply: {0}")]
+    #[error("not the expected JSON: {0}")]
     Json(#[source] serde_json::Error),
 }
 

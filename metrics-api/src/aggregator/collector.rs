@@ -1,24 +1,38 @@
-//! Collection: every interval, each node agent's `/v1/pods` is read (concurrently, each read
-//! bounded by a timeout) and the metrics API's [`MemorySource`] is replaced by the union of the
-//! answers. An agent that stopped answering keeps its last answer only for the staleness bound;
-//! after that its pods are absent (the HPA treats them as missing) rather than frozen.
+//! Collection: every interval, each node agent's `/v1/pods/inbound` is read (concurrently, each
+//! read bounded by a timeout; `/v1/pods` from agents older than it) and the metrics API's
+//! [`Collected`] snapshot is replaced by the union of the answers. An agent that stopped
+//! answering keeps its last answer only for the staleness bound; after that its pods are absent
+//! (the HPA treats them as missing) rather than frozen.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use podmeter_wire::{FlowTotals, PodsReply};
-use tokio::{sync::watch as channel, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, watch as channel},
+    task::JoinSet,
+};
 
 pub(super) use super::agent_client::AgentClient;
-use super::labels::PodLabels;
-use crate::{
-    HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95, HTTP_REQUESTS_CONCURRENCY,
-    HTTP_REQUESTS_PER_SECOND, MemorySource, PodSample, Sample,
+use super::{
+    agent_client::Format,
+    labels::PodLabels,
+    served::{Answer, Collected},
 };
+
+/// Reads in flight at once. Started all at once, thousands of reads queue on the runtime, and
+/// the last ones time out for the queue rather than the agent; a timed-out read loses its
+/// kept-alive connection, so the next needs a new TLS handshake, and the queue grows. Bounded,
+/// each read's timeout starts when it is sent. 256 reads of a few milliseconds each (a
+/// round trip and a 15 KB answer) cover tens of thousands of agents a second.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// How long an agent found older than `/v1/pods/inbound` is read at `/v1/pods` before it is
+/// asked again (it may have been upgraded): one 404 a minute.
+const FORMAT_RECHECK: Duration = Duration::from_secs(60);
 
 /// How often and how patiently the agents are read.
 #[derive(Clone, Copy, Debug)]
@@ -31,79 +45,17 @@ pub struct Timing {
     pub staleness: Duration,
 }
 
-/// One agent's last good answer.
-#[derive(Clone, Debug)]
-struct Answer {
-    received: Instant,
-    timestamp: SystemTime,
-    reply: PodsReply,
-}
-
-/// The answers still fresh at `now`, as the metrics API's pods by namespace. A pod two agents
-/// report (it moved) takes the newer answer.
-fn snapshot(
-    answers: &HashMap<String, Answer>,
-    labels: &PodLabels,
+/// The answers still fresh at `now`.
+fn fresh(
+    answers: &HashMap<String, Arc<Answer>>,
     now: Instant,
     staleness: Duration,
-) -> BTreeMap<String, Vec<PodSample>> {
-    let mut fresh: Vec<&Answer> = answers
+) -> Vec<Arc<Answer>> {
+    answers
         .values()
         .filter(|a| now.saturating_duration_since(a.received) <= staleness)
-        .collect();
-    fresh.sort_by_key(|a| a.received);
-    let mut pods: BTreeMap<(String, String), PodSample> = BTreeMap::new();
-    for answer in fresh {
-        let window = Duration::from_secs(u64::from(answer.reply.rate_window_seconds));
-        for pod in &answer.reply.pods {
-            let sample = |value| Sample {
-                value,
-                timestamp: answer.timestamp,
-                window: Some(window),
-            };
-            let mut values = BTreeMap::from([(
-                HTTP_REQUESTS_PER_SECOND.to_owned(),
-                sample(pod.inbound.rate),
-            )]);
-            if let Some(d) = &pod.inbound.duration {
-                values.insert(
-                    HTTP_REQUEST_DURATION_SECONDS_P95.to_owned(),
-                    sample(d.p95_seconds),
-                );
-            }
-            // `null` before the agent has two reads, and from older agents: no value, not 0.
-            if let Some(concurrency) = pod.inbound.concurrency {
-                values.insert(HTTP_REQUESTS_CONCURRENCY.to_owned(), sample(concurrency));
-            }
-            if counts_bytes(&pod.inbound.totals) {
-                values.insert(
-                    HTTP_REQUEST_BYTES_PER_SECOND.to_owned(),
-                    sample(pod.inbound.request_bytes_per_second),
-                );
-            }
-            pods.insert(
-                (pod.namespace.clone(), pod.name.clone()),
-                PodSample {
-                    name: pod.name.clone(),
-                    labels: labels.get(&pod.namespace, &pod.name),
-                    values,
-                },
-            );
-        }
-    }
-    let mut by_namespace: BTreeMap<String, Vec<PodSample>> = BTreeMap::new();
-    for ((namespace, _), sample) in pods {
-        by_namespace.entry(namespace).or_default().push(sample);
-    }
-    by_namespace
-}
-
-/// Whether the agent counts request bytes for this flow. An agent older than the byte counters
-/// answers 0 bytes (the fields' default) however many requests it counted; every request an
-/// agent that counts bytes counted carried some, so requests without bytes mean "not counted",
-/// which is served as no value (missing to the HPA) rather than as 0 B/s.
-fn counts_bytes(totals: &FlowTotals) -> bool {
-    totals.requests == 0 || totals.request_bytes > 0
+        .cloned()
+        .collect()
 }
 
 /// Reads the bearer token for the agents from `path` (trimmed); `None` without a path or when
@@ -123,15 +75,19 @@ fn read_token(path: Option<&Path>) -> Option<Arc<str>> {
 /// is dropped, authenticating with the token in `token_file` when given.
 pub async fn run(
     client: AgentClient,
-    source: Arc<MemorySource>,
+    source: Arc<Collected>,
     fixed: Vec<String>,
     discovered: channel::Receiver<BTreeSet<String>>,
     labels: PodLabels,
     timing: Timing,
     token_file: Option<PathBuf>,
 ) {
-    let mut answers: HashMap<String, Answer> = HashMap::new();
+    let mut answers: HashMap<String, Arc<Answer>> = HashMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
+    // Agents that answered only `/v1/pods`, until the next recheck.
+    let mut older: BTreeSet<String> = BTreeSet::new();
+    let mut rechecked = Instant::now();
+    let mut assembling: Option<tokio::task::JoinHandle<()>> = None;
     let mut ticker = tokio::time::interval(timing.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,31 +100,43 @@ pub async fn run(
         // An agent no longer listed goes at once, not after the staleness bound.
         answers.retain(|url, _| targets.contains(url));
         failing.retain(|url| targets.contains(url));
+        if rechecked.elapsed() >= FORMAT_RECHECK {
+            older.clear();
+            rechecked = Instant::now();
+        }
         let token = read_token(token_file.as_deref());
         let mut reads = JoinSet::new();
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         for url in targets {
-            let client = client.clone();
-            let token = token.clone();
+            let (client, token, labels) = (client.clone(), token.clone(), labels.clone());
+            let in_flight = in_flight.clone();
+            let format = if older.contains(&url) {
+                Format::Pods
+            } else {
+                Format::Inbound
+            };
             reads.spawn(async move {
-                let reply = client.pods(&url, token.as_deref()).await;
-                (url, reply)
+                // Never closed: acquiring only waits.
+                let _permit = in_flight.acquire_owned().await;
+                let read = client.inbound(&url, token.as_deref(), format).await;
+                let answer = read.map(|(reply, format)| {
+                    let answer = Answer::new(Instant::now(), SystemTime::now(), reply, &labels);
+                    (Arc::new(answer), format)
+                });
+                (url, answer)
             });
         }
         while let Some(joined) = reads.join_next().await {
             let Ok((url, reply)) = joined else { continue };
             match reply {
-                Ok(reply) => {
+                Ok((answer, format)) => {
                     if failing.remove(&url) {
                         tracing::info!(%url, "node agent answers again");
                     }
-                    answers.insert(
-                        url,
-                        Answer {
-                            received: Instant::now(),
-                            timestamp: SystemTime::now(),
-                            reply,
-                        },
-                    );
+                    if format == Format::Pods && older.insert(url.clone()) {
+                        tracing::info!(%url, "node agent has no /v1/pods/inbound: read /v1/pods");
+                    }
+                    answers.insert(url, answer);
                 }
                 Err(error) => {
                     // Once per outage, not once per interval.
@@ -178,20 +146,47 @@ pub async fn run(
                 }
             }
         }
-        source.replace(snapshot(
-            &answers,
-            &labels,
-            Instant::now(),
-            timing.staleness,
-        ));
+        let fresh = fresh(&answers, Instant::now(), timing.staleness);
+        // Assembled off the runtime's workers, while the next reads go on; one at a time.
+        if let Some(previous) = assembling.take() {
+            let _ = previous.await;
+        }
+        let source = source.clone();
+        assembling = Some(tokio::task::spawn_blocking(move || source.replace(&fresh)));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use podmeter_wire::{DurationSummary, FlowReply, ObservedReply, PodReply, UnattributedReply};
+    use std::collections::BTreeMap;
+
+    use podmeter_wire::{
+        DurationSummary, FlowReply, FlowTotals, InboundReply, ObservedReply, PodReply, PodsReply,
+        UnattributedReply,
+    };
 
     use super::*;
+    use crate::{
+        HTTP_REQUEST_BYTES_PER_SECOND, HTTP_REQUEST_DURATION_SECONDS_P95,
+        HTTP_REQUESTS_CONCURRENCY, HTTP_REQUESTS_PER_SECOND, PodSample, podmeter_metrics,
+        source::MetricsSource,
+    };
+
+    /// What the API serves from the answers fresh at `now`, for `namespaces`.
+    fn snapshot(
+        answers: &HashMap<String, Arc<Answer>>,
+        now: Instant,
+        staleness: Duration,
+        namespaces: &[&str],
+    ) -> BTreeMap<String, Vec<PodSample>> {
+        let source = Collected::new(podmeter_metrics());
+        source.replace(&fresh(answers, now, staleness));
+        namespaces
+            .iter()
+            .map(|ns| (ns.to_string(), source.pods(ns)))
+            .filter(|(_, pods)| !pods.is_empty())
+            .collect()
+    }
 
     fn flow(rate: f64, duration: Option<DurationSummary>) -> FlowReply {
         FlowReply {
@@ -233,17 +228,19 @@ mod tests {
         }
     }
 
-    fn answer(received: Instant, pods: &[(&str, &str, f64)]) -> Answer {
-        Answer {
+    fn answer(received: Instant, pods: &[(&str, &str, f64)]) -> Arc<Answer> {
+        let reply = InboundReply::of(&reply(
+            10,
+            pods.iter()
+                .map(|&(namespace, name, rate)| pod(namespace, name, flow(rate, None)))
+                .collect(),
+        ));
+        Arc::new(Answer::new(
             received,
-            timestamp: SystemTime::now(),
-            reply: reply(
-                10,
-                pods.iter()
-                    .map(|&(namespace, name, rate)| pod(namespace, name, flow(rate, None)))
-                    .collect(),
-            ),
-        }
+            SystemTime::now(),
+            reply,
+            &PodLabels::default(),
+        ))
     }
 
     #[test]
@@ -267,7 +264,7 @@ mod tests {
                 answer(now - Duration::from_secs(6), &[("default", "gone", 9.0)]),
             ),
         ]);
-        let pods = snapshot(&answers, &PodLabels::default(), now, staleness);
+        let pods = snapshot(&answers, now, staleness, &["default", "demo"]);
         let default = &pods["default"];
         assert_eq!(default.len(), 1, "{default:?}");
         assert_eq!(default[0].name, "web-1");
@@ -296,13 +293,14 @@ mod tests {
         let now = Instant::now();
         let answers = HashMap::from([(
             "http://a".to_owned(),
-            Answer {
-                received: now,
-                timestamp: SystemTime::now(),
-                reply,
-            },
+            Arc::new(Answer::new(
+                now,
+                SystemTime::now(),
+                InboundReply::of(&reply),
+                &PodLabels::default(),
+            )),
         )]);
-        let pods = snapshot(&answers, &PodLabels::default(), now, Duration::from_secs(5));
+        let pods = snapshot(&answers, now, Duration::from_secs(5), &["shop"]);
         let [busy, idle] = &pods["shop"][..] else {
             panic!("two pods: {pods:?}");
         };
@@ -321,13 +319,14 @@ mod tests {
         let now = Instant::now();
         let answers = HashMap::from([(
             "http://a".to_owned(),
-            Answer {
-                received: now,
-                timestamp: SystemTime::now(),
-                reply: reply(30, pods),
-            },
+            Arc::new(Answer::new(
+                now,
+                SystemTime::now(),
+                InboundReply::of(&reply(30, pods)),
+                &PodLabels::default(),
+            )),
         )]);
-        snapshot(&answers, &PodLabels::default(), now, Duration::from_secs(5))
+        snapshot(&answers, now, Duration::from_secs(5), &["shop"])
     }
 
     #[test]

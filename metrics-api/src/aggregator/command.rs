@@ -20,9 +20,10 @@ use super::{
     configmap,
     discovery::AgentService,
     labels::PodLabels,
+    served::Collected,
 };
 use crate::{
-    self as api, ApiOptions, MemorySource, RequestHeaderAuth, ReviewCache, ServingCertificate,
+    self as api, ApiOptions, RequestHeaderAuth, ReviewCache, ServingCertificate,
     SubjectAccessReviewAuthorizer, podmeter_metrics,
 };
 
@@ -223,7 +224,7 @@ async fn serve(
     // One client for every collection, so connections to the agents are kept alive.
     let agents = AgentClient::new(config.timing.timeout).map_err(Error::AgentTls)?;
 
-    let source = Arc::new(MemorySource::new(podmeter_metrics()));
+    let source = Arc::new(Collected::new(podmeter_metrics()));
     let (labels, watch_labels) = PodLabels::watched(client.clone());
     let (targets, discovered) = channel::channel(BTreeSet::new());
     tasks.spawn(watch_labels);

@@ -2,10 +2,14 @@
 //! pods only by name, and the HPA selects them by label.
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
-    Api, Client, ResourceExt as _,
-    core::PartialObjectMeta,
-    runtime::reflector::{self, ObjectRef, Store},
+    Api, Client,
+    core::{PartialObjectMeta, PartialObjectMetaExt as _},
+    runtime::{
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
 };
 use podmeter_kube::watch::{self, Watch};
 
@@ -36,12 +40,33 @@ impl std::fmt::Debug for PodLabels {
 }
 
 impl PodLabels {
-    /// The labels of pod `namespace/name`, empty when the cluster has no such pod (yet).
-    pub fn get(&self, namespace: &str, name: &str) -> Labels {
-        self.pods
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|pod| pod.labels().clone())
-            .unwrap_or_default()
+    /// The metadata of pod `namespace/name` (its labels: [`ResourceExt::labels`]), shared with
+    /// the store; `None` when the cluster has no such pod (yet).
+    ///
+    /// [`ResourceExt::labels`]: kube::ResourceExt::labels
+    pub fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<PartialObjectMeta<Pod>>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// These pods' labels, `(namespace, name, labels)`, with no watch: what a cluster of
+    /// simulated agents has instead of a kube-apiserver (`cargo xtask bench --only scale`).
+    pub fn fixed(pods: impl IntoIterator<Item = (String, String, Labels)>) -> Self {
+        let (store, mut writer) = reflector::store();
+        for (namespace, name, labels) in pods {
+            let pod = ObjectMeta {
+                namespace: Some(namespace),
+                name: Some(name),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            }
+            .into_response_partial::<Pod>();
+            writer.apply_watcher_event(&watcher::Event::Apply(pod));
+        }
+        Self { pods: store }
     }
 
     /// The labels of every pod, and the watch that keeps them current (run it as a task; it runs

@@ -18,6 +18,7 @@ mod load;
 mod memory;
 mod overhead;
 mod profile;
+mod scale;
 mod servers;
 mod summary;
 mod system;
@@ -50,6 +51,9 @@ pub struct Args {
     /// it inside the busy pod).
     #[arg(long, hide = true)]
     serve_busy: Option<u16>,
+    /// Internal: be a process of the scale section (JSON of `scale::Child`).
+    #[arg(long, hide = true)]
+    scale_child: Option<String>,
 }
 
 /// The parts of the bench, in the order they run.
@@ -69,6 +73,9 @@ pub enum Section {
     Concurrency,
     /// Where the time goes: one run with the agent on under `perf record` (skipped without perf).
     Profile,
+    /// The metrics API's collector against 100 to 5,000 simulated node agents on loopback
+    /// (needs no root; runs only when asked for, alone: 3 to 4 minutes).
+    Scale,
 }
 
 /// How many runs of what length; the full plan fits in the 10-minute budget.
@@ -224,6 +231,16 @@ impl Lab<'_> {
 pub fn run(args: &Args) -> Result<()> {
     if let Some(port) = args.serve_busy {
         return busy::serve(port, busy::CPU_PER_REQUEST);
+    }
+    if let Some(spec) = &args.scale_child {
+        return scale::child(spec);
+    }
+    if args.only.contains(&Section::Scale) {
+        if args.only.len() > 1 {
+            bail!("--only scale runs alone: it needs no root, pods or agent, and takes minutes");
+        }
+        crate::interrupt::catch_ctrl_c();
+        return scale::run();
     }
     // SAFETY: geteuid has no side effects.
     if unsafe { libc::geteuid() } != 0 {

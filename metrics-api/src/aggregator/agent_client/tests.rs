@@ -1,5 +1,6 @@
 //! The client against a local stand-in for an agent: the reply, the bearer token, one kept-alive
-//! connection for several reads, and errors that name the URL.
+//! connection for several reads, `/v1/pods` from an agent without `/v1/pods/inbound`, and
+//! errors that name the URL.
 
 use std::sync::{
     Arc,
@@ -29,12 +30,24 @@ fn empty_reply() -> PodsReply {
     }
 }
 
+fn one_pod() -> InboundReply {
+    InboundReply {
+        rate_window_seconds: 30,
+        pods: vec![podmeter_wire::InboundPod {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            rate: 4.5,
+            p95_seconds: None,
+            concurrency: Some(0.5),
+            request_bytes_per_second: Some(100.0),
+        }],
+    }
+}
+
 /// Serves `/v1/pods` to callers with token `t` on a local port; returns its URL and the count
 /// of connections it accepted.
 async fn agent() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let url = format!("http://{}", listener.local_addr().expect("an address"));
-    let app = Router::new().route(
+    serve(Router::new().route(
         "/v1/pods",
         get(|headers: HeaderMap| async move {
             if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer t") {
@@ -43,7 +56,14 @@ async fn agent() -> (String, Arc<AtomicUsize>) {
                 Err(StatusCode::UNAUTHORIZED)
             }
         }),
-    );
+    ))
+    .await
+}
+
+/// Serves `app` on a local port; returns its URL and the count of connections it accepted.
+async fn serve(app: Router) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
     tokio::spawn(async move {
@@ -76,6 +96,36 @@ async fn reads_the_reply_with_the_token_over_one_kept_alive_connection() {
     assert_eq!(
         error.to_string(),
         format!("GET {url}/v1/pods: HTTP 401 Unauthorized")
+    );
+}
+
+#[tokio::test]
+async fn an_agent_with_inbound_is_read_there_and_an_older_one_at_v1_pods() {
+    let client = AgentClient::new(Duration::from_secs(5)).expect("a client");
+    let (newer, _) = serve(
+        Router::new()
+            .route("/v1/pods/inbound", get(|| async { Json(one_pod()) }))
+            .route("/v1/pods", get(|| async { StatusCode::IM_A_TEAPOT })),
+    )
+    .await;
+    let read = client.inbound(&newer, None, Format::Inbound).await;
+    assert_eq!(read.expect("a reply"), (one_pod(), Format::Inbound));
+
+    let (older, _) = agent().await;
+    let read = client.inbound(&older, Some("t"), Format::Inbound).await;
+    let empty = InboundReply::of(&empty_reply());
+    assert_eq!(read.expect("a reply"), (empty.clone(), Format::Pods));
+    let read = client.inbound(&older, Some("t"), Format::Pods).await;
+    assert_eq!(read.expect("a reply"), (empty, Format::Pods));
+
+    // Other failures are not taken for an older agent.
+    let error = client
+        .inbound(&newer, None, Format::Pods)
+        .await
+        .expect_err("no /v1/pods");
+    assert_eq!(
+        error.to_string(),
+        format!("GET {newer}/v1/pods: HTTP 418 I'm a teapot")
     );
 }
 
