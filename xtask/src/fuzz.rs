@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::test::workspace;
+use crate::test::{run_checked, workspace};
 
 /// Seconds each target runs by default: 8 targets × 15 s is 2 min, plus the replays.
 pub const DEFAULT_SECONDS: u64 = 15;
@@ -60,16 +60,6 @@ fn cargo_fuzz(args: &[&str]) -> Command {
     command
 }
 
-fn status(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed: {status}");
-    }
-    Ok(())
-}
-
 /// Installs cargo-fuzz into the active `CARGO_HOME` unless `cargo fuzz` runs already.
 pub fn install_cargo_fuzz() -> anyhow::Result<()> {
     let present = cargo_fuzz(&["--version"])
@@ -85,7 +75,7 @@ pub fn install_cargo_fuzz() -> anyhow::Result<()> {
     install
         .args(["install", "cargo-fuzz", "--locked"])
         .current_dir(workspace());
-    status(install, "cargo install cargo-fuzz --locked")
+    run_checked(install, "cargo install cargo-fuzz --locked")
 }
 
 /// The targets `fuzz/Cargo.toml` declares.
@@ -222,7 +212,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let host = host()?;
     let mut build = cargo_fuzz(&["build"]);
     build.args(build_options(&host));
-    status(build, "cargo fuzz build")?;
+    run_checked(build, "cargo fuzz build")?;
     for target in &targets {
         let regressions = files(&fuzz_dir().join("regressions").join(target))?;
         if regressions.is_empty() {

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::test::{cargo, target_dir, workspace};
+use crate::test::{cargo, run_checked, target_dir, workspace};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -119,16 +119,6 @@ fn full_name(reference: &str) -> String {
         (false, true) => reference.to_owned(),
         (false, false) => format!("docker.io/{reference}"),
     }
-}
-
-fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed: {status}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -35,6 +35,17 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `command`, failing with `what` unless it exits successfully.
+pub fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
 /// One announced, timed step of a task.
 pub struct Steps {
     total: usize,
