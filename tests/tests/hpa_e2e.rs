@@ -4,8 +4,8 @@
 //! (AverageValue 25 and 10, 1 to 10 replicas), the node agent and `podmeter metrics-api` as
 //! processes behind the aggregation layer, and a kubelet stand-in that runs every Pod the
 //! ReplicaSet controller creates as a netns pod with nginx behind its Deployment's ingress.
-//! hey sends 49 req/s to each ingress (see `RATE` for why not 50). The HPA controller's own decisions must settle the
-//! backends at 2 and 5 replicas, and keep them there for at least 3 further syncs.
+//! hey sends 48 req/s to each ingress (see `RATE` for why not 50). The HPA controller's own
+//! decisions must settle the backends at 2 and 5 replicas, and keep them there for at least 3 further syncs.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +14,7 @@ use std::{
 };
 
 use podmeter_tests::{
-    AgentProcess, Cluster,
+    AgentProcess, Cluster, autoscale,
     control_plane::{ControlPlane, ControlPlaneOptions, wait_until},
     kubelet::{self, Workload},
     metrics_api::{self, quantity},
@@ -34,14 +34,11 @@ const HPA_SYNC: Duration = Duration::from_secs(5);
 const DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(30);
 /// The agent's rate window.
 const RATE_WINDOW_SECS: &str = "5";
-/// Requests per second sent to each Deployment, through its ingress: 49, not the reference 50.
-/// At exactly 50 the step from 4 to 5 replicas is knife-edge for any metrics source: the HPA
-/// computes ceil(4 x usage/10), which is 6 as soon as the served total reads 50.001, and any
-/// windowed rate of hey's load reads up to one burst (its workers fire together) over the window
-/// high or low. Session 1's per-second buckets read 50.48 for two whole runs. 49 keeps a 2 %
-/// margin; the settled counts (2 and 5, and 4
-/// and 10 for a double-counting source) are the same.
-const RATE: u32 = 49;
+/// Requests per second sent to each Deployment, through its ingress: the reference scenario's
+/// 48, not 50 (at exactly 50 the step from 4 to 5 replicas is knife-edge; see
+/// `autoscale::REFERENCE_RATE`). The settled counts (2 and 5, and 4 and 10 for a double-counting
+/// source) are the same.
+const RATE: u32 = autoscale::REFERENCE_RATE;
 const MAX_REPLICAS: u32 = 10;
 /// (Deployment, AverageValue target per pod, the replicas it must settle at).
 const BACKENDS: [(&str, u32, u64); 2] = [("backend-1", 25, 2), ("backend-2", 10, 5)];

@@ -30,9 +30,9 @@ pub struct Args {
     /// The scenario.
     #[arg(long, value_enum, default_value_t = ScenarioKind::Reference)]
     scenario: ScenarioKind,
-    /// Requests per second sent to each backend (through its ingress). Reference: 49 by default
+    /// Requests per second sent to each backend (through its ingress). Reference: 48 by default
     /// (at exactly 50 the step from 4 to 5 replicas is knife-edge: a served total 0.1 % high
-    /// gives 6). Concurrency: 50 by default.
+    /// gives 6, and a windowed rate of paced load reads a burst or two high or low). Concurrency: 50 by default.
     #[arg(long)]
     rate: Option<u32>,
     /// HPA target of the first backend per pod: backend-1's requests per second (default 25), or
