@@ -22,6 +22,7 @@ mod authorizer;
 mod discovery;
 mod error;
 mod quantity;
+mod readiness;
 mod request_header;
 mod request_info;
 mod routes;
@@ -43,6 +44,7 @@ pub use source::MemorySource;
 // The server's parts the `aggregator` process wires together.
 pub(crate) use auth::protect;
 pub(crate) use authorizer::{ReviewCache, SubjectAccessReviewAuthorizer};
+pub(crate) use readiness::Readiness;
 pub(crate) use request_header::{RequestHeaderAuth, RequestHeaderConfig};
 pub(crate) use routes::{ApiOptions, router};
 pub(crate) use source::{

@@ -24,6 +24,7 @@ use axum::{
 };
 
 use super::{
+    Readiness,
     discovery::{self, CustomVersion},
     selector::Selector,
     source::MetricsSource,
@@ -33,11 +34,13 @@ use super::{
 };
 
 /// What the router serves besides the custom metrics API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ApiOptions {
     /// Serve `external.metrics.k8s.io/v1beta1` (namespace and workload totals) and list it in
     /// `/apis`. Register its APIService only if this is on.
     pub external_metrics: bool,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
 }
 
 impl Default for ApiOptions {
@@ -46,6 +49,7 @@ impl Default for ApiOptions {
             // The external API adds workload totals at no cost; serving it is harmless when no
             // APIService routes to it.
             external_metrics: true,
+            readiness: Readiness::default(),
         }
     }
 }
@@ -60,7 +64,7 @@ struct Api {
 pub fn router(source: Arc<dyn MetricsSource>, options: ApiOptions) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+        .route("/readyz", get(readyz))
         .route("/livez", get(ok))
         .route("/apis", get(group_list))
         .route("/apis/custom.metrics.k8s.io", get(custom_group))
@@ -94,6 +98,14 @@ pub fn router(source: Arc<dyn MetricsSource>, options: ApiOptions) -> Router {
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+/// 200 `ok`, or 503 with the reason (starting, or shutting down).
+async fn readyz(State(api): State<Api>) -> (StatusCode, &'static str) {
+    match api.options.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn not_found() -> StatusError {

@@ -243,6 +243,8 @@ impl MetricsApiProcess {
             .arg("metrics-api")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            // Stopped by the test, with no endpoints or proxies to drain first.
+            .args(["--shutdown-delay-secs", "0"])
             .args(args)
             .env("PODMETER_LOG", "info,podmeter=debug");
         let mut process = ChildGuard::spawn_forwarding(command, "metrics-api")?;

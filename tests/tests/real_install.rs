@@ -5,7 +5,7 @@
 //! `kubernetes` Service and the aggregation layer the metrics API's Service. Then:
 //!
 //! - the agent API answers only the metrics API's ServiceAccount, over TLS;
-//! - two backend Deployments (busybox httpd pods) behind an L7 load balancer each get 49 req/s,
+//! - two backend Deployments (busybox httpd pods) behind an L7 load balancer each get 48 req/s,
 //!   and the real HPA controller, with the HPAs of `deploy/examples/hpa-reference.yaml`, settles
 //!   them at 2 and 5 replicas;
 //! - the agent's pod is deleted under that load: the DaemonSet's replacement takes over the
@@ -25,7 +25,7 @@ use std::{
 
 use podmeter_tests::{
     AgentProcess, ChildGuard,
-    autoscale::start_paced_hey_with,
+    autoscale::{self, start_paced_hey_with},
     cgroup::cgroup2_mount,
     clients::parse_hey,
     control_plane::{ControlPlane, ControlPlaneOptions, wait_until},
@@ -50,8 +50,8 @@ const APISERVICES: [&str; 3] = [
 const HPA_SYNC: Duration = Duration::from_secs(5);
 /// `--horizontal-pod-autoscaler-downscale-stabilization`: see hpa_e2e.rs.
 const DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(30);
-/// Requests per second to each backend (49, not 50: see hpa_e2e.rs).
-const RATE: u32 = 49;
+/// Requests per second to each backend (48, not 50: see `autoscale::REFERENCE_RATE`).
+const RATE: u32 = autoscale::REFERENCE_RATE;
 /// (Deployment, the replicas its HPA of deploy/examples must settle at).
 const BACKENDS: [(&str, u64); 2] = [("backend-1", 2), ("backend-2", 5)];
 const HOLD_SYNCS: u32 = 3;
@@ -67,6 +67,11 @@ const TAKEOVER_BOUND: Duration = Duration::from_secs(120);
 /// The metrics API's staleness bound (its default) plus one collection and a second of slack:
 /// no value may be older than this when served.
 const MAX_VALUE_AGE: Duration = Duration::from_secs(5 + 1 + 1);
+/// How often the values are queried while a metrics API replica goes away.
+const HA_QUERY_EVERY: Duration = Duration::from_millis(200);
+/// How long the queries go on after the deleted replica's process exited and its replacement
+/// is Ready.
+const HA_HOLD: Duration = Duration::from_secs(3);
 /// How long hey runs at most (it is stopped before).
 const LOAD_DURATION: Duration = Duration::from_secs(420);
 const POLL: Duration = Duration::from_millis(750);
@@ -656,7 +661,18 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
     );
     phase("agent pod replaced under load");
 
-    // 6. Exact: each backend pod's total equals what its load balancer sent it.
+    // 6. A metrics API replica is deleted under load: the other answers every query.
+    metrics_api_replica_deleted_under_load(&cp, &node, &cgroup2, &mut || {
+        sync(&mut loads).expect("ingress sync");
+        let state = scale_state(&cp).expect("HPAs");
+        assert!(
+            settled(&state),
+            "the HPAs left 2 and 5 after a metrics API pod was deleted: {state:?}"
+        );
+    });
+    phase("metrics API replica replaced under load");
+
+    // 7. Exact: each backend pod's total equals what its load balancer sent it.
     for load in &mut loads {
         let mut hey = load.hey.take().expect("hey runs");
         hey.signal(libc::SIGINT).expect("stop hey");
@@ -740,7 +756,7 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
     );
     println!("{}", kubectl_table(&cp, &["get", "hpa"]));
 
-    // 7. Uninstall: one command, nothing left.
+    // 8. Uninstall: one command, nothing left.
     drop(loads);
     // The namespace goes once the kubelet has reported its pods gone: usually within 15 s, but
     // kubelet 1.20's status sync (every 10 s) took longer than 30 s here once.
@@ -797,6 +813,97 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
     drop(cp);
     phase("node and control plane torn down");
     println!("test wall time: {:.1?}", started.elapsed());
+}
+
+/// Deletes one of the two metrics API pods and queries both backends' values through the
+/// aggregation layer every [`HA_QUERY_EVERY`] until its process has exited, its replacement is
+/// Ready, and [`HA_HOLD`] more has passed; `each_second` runs about once a second meanwhile.
+/// Every query must answer every backend pod's value, none older than [`MAX_VALUE_AGE`]: the
+/// deleted replica goes unready but serves on for its shutdown delay, and the Service sends the
+/// rest to the other.
+fn metrics_api_replica_deleted_under_load(
+    cp: &ControlPlane,
+    node: &RealNode<'_>,
+    cgroup2: &Path,
+    each_second: &mut dyn FnMut(),
+) {
+    let replicas = pods(cp, SYSTEM, METRICS_API_SELECTOR).expect("metrics API pods");
+    assert_eq!(replicas.len(), 2, "two metrics API replicas");
+    let victim = name_of(&replicas[0]).to_owned();
+    let pid = container_pid(node, cgroup2, &replicas[0]);
+    let deleted = cp
+        .request(
+            "DELETE",
+            &format!("/api/v1/namespaces/{SYSTEM}/pods/{victim}"),
+            None,
+        )
+        .expect("DELETE a metrics API pod");
+    assert!(deleted.is_success(), "{deleted:?}");
+    let deleted_at = Instant::now();
+    let (mut queries, mut oldest) = (0_u32, 0.0_f64);
+    let mut exited: Option<Duration> = None;
+    let mut replacement: Option<(String, Duration)> = None;
+    let mut last_second = Instant::now();
+    loop {
+        for (name, want) in BACKENDS {
+            let values = served(cp, name).unwrap_or_else(|error| {
+                panic!(
+                    "{:.1?} after {victim} was deleted (its process {}), a query for {name} \
+                     failed: {error:#}",
+                    deleted_at.elapsed(),
+                    exited.map_or("running".to_owned(), |at| format!("gone at {at:.1?}"))
+                )
+            });
+            queries += 1;
+            assert_eq!(
+                values.len() as u64,
+                want,
+                "{:.1?} after {victim} was deleted, {name}'s values are incomplete: {values:?}",
+                deleted_at.elapsed()
+            );
+            for (pod, (value, age)) in &values {
+                oldest = oldest.max(*age);
+                assert!(
+                    *age <= MAX_VALUE_AGE.as_secs_f64(),
+                    "{pod}'s value {value} is {age:.1} s old"
+                );
+            }
+        }
+        if exited.is_none() && !Path::new(&format!("/proc/{pid}")).exists() {
+            exited = Some(deleted_at.elapsed());
+        }
+        if replacement.is_none() {
+            replacement = pods(cp, SYSTEM, METRICS_API_SELECTOR)
+                .expect("metrics API pods")
+                .iter()
+                .find(|pod| {
+                    let name = name_of(pod);
+                    name != victim && name != name_of(&replicas[1]) && is_ready(pod)
+                })
+                .map(|pod| (name_of(pod).to_owned(), deleted_at.elapsed()));
+        }
+        if let (Some(exited), Some((_, ready))) = (exited, &replacement)
+            && deleted_at.elapsed() >= exited.max(*ready) + HA_HOLD
+        {
+            break;
+        }
+        assert!(
+            deleted_at.elapsed() < TAKEOVER_BOUND,
+            "{victim}'s process exited at {exited:?}, replacement {replacement:?}"
+        );
+        if last_second.elapsed() >= Duration::from_secs(1) {
+            each_second();
+            last_second = Instant::now();
+        }
+        std::thread::sleep(HA_QUERY_EVERY);
+    }
+    let (replacement, ready) = replacement.expect("a replacement");
+    println!(
+        "metrics API pod {victim} deleted: its process exited after {:.1?}, {replacement} Ready \
+         after {ready:.1?}; {queries} queries through the aggregation layer meanwhile, every one \
+         complete; oldest value served {oldest:.1} s",
+        exited.expect("exited")
+    );
 }
 
 /// The PID of `pod`'s first container, from its cgroup in the unified tree.

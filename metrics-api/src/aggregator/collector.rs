@@ -22,6 +22,7 @@ use super::{
     labels::PodLabels,
     served::{Answer, Collected},
 };
+use crate::Readiness;
 
 /// Reads in flight at once. Started all at once, thousands of reads queue on the runtime, and
 /// the last ones time out for the queue rather than the agent; a timed-out read loses its
@@ -71,17 +72,25 @@ fn read_token(path: Option<&Path>) -> Option<Arc<str>> {
     }
 }
 
-/// Collects from `fixed` and the discovered agents into `source` with `client` until the task
-/// is dropped, authenticating with the token in `token_file` when given.
+/// The agents to read: the fixed URLs and those the Service's endpoints list now.
+pub struct Targets {
+    pub fixed: Vec<String>,
+    pub discovered: channel::Receiver<BTreeSet<String>>,
+}
+
+/// Collects from the `targets` into `source` with `client` until the task is dropped,
+/// authenticating with the token in `token_file` when given; makes `readiness` ready after the
+/// first snapshot with an agent's answer (see [`Readiness`]).
 pub async fn run(
     client: AgentClient,
     source: Arc<Collected>,
-    fixed: Vec<String>,
-    discovered: channel::Receiver<BTreeSet<String>>,
+    Targets { fixed, discovered }: Targets,
     labels: PodLabels,
     timing: Timing,
     token_file: Option<PathBuf>,
+    readiness: Readiness,
 ) {
+    let started = Instant::now();
     let mut answers: HashMap<String, Arc<Answer>> = HashMap::new();
     let mut failing: BTreeSet<String> = BTreeSet::new();
     // Agents that answered only `/v1/pods`, until the next recheck.
@@ -147,12 +156,20 @@ pub async fn run(
             }
         }
         let fresh = fresh(&answers, Instant::now(), timing.staleness);
+        // Ready once a snapshot holds an agent's answer, or when none answered within the
+        // staleness bound (their pods would have no values by then anyway).
+        let ready = !fresh.is_empty() || started.elapsed() >= timing.staleness;
         // Assembled off the runtime's workers, while the next reads go on; one at a time.
         if let Some(previous) = assembling.take() {
             let _ = previous.await;
         }
-        let source = source.clone();
-        assembling = Some(tokio::task::spawn_blocking(move || source.replace(&fresh)));
+        let (source, readiness) = (source.clone(), readiness.clone());
+        assembling = Some(tokio::task::spawn_blocking(move || {
+            source.replace(&fresh);
+            if ready {
+                readiness.ready();
+            }
+        }));
     }
 }
 

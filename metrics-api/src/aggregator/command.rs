@@ -23,7 +23,7 @@ use super::{
     served::Collected,
 };
 use crate::{
-    self as api, ApiOptions, RequestHeaderAuth, ReviewCache, ServingCertificate,
+    self as api, ApiOptions, Readiness, RequestHeaderAuth, ReviewCache, ServingCertificate,
     SubjectAccessReviewAuthorizer, podmeter_metrics,
 };
 
@@ -45,6 +45,8 @@ pub(crate) struct Config {
     pub external_metrics: bool,
     /// Bearer token file for the node agents' API.
     pub agent_token_file: Option<PathBuf>,
+    /// How long a replica told to stop goes on serving, unready.
+    pub shutdown_delay: Duration,
 }
 
 /// Where the serving certificate comes from.
@@ -109,6 +111,12 @@ pub struct Args {
     /// ServiceAccount token); read again at every collection.
     #[arg(long)]
     pub agent_token_file: Option<PathBuf>,
+    /// Seconds a replica told to stop (SIGTERM) goes on serving with /readyz failing, so that
+    /// its endpoints and the proxies in front (kube-proxy, the aggregation layer) forget it
+    /// before its port closes and no query is refused. Keep it under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=120))]
+    pub shutdown_delay_secs: u64,
 }
 
 impl Args {
@@ -145,6 +153,7 @@ impl Args {
             },
             external_metrics: !self.no_external_metrics,
             agent_token_file: self.agent_token_file,
+            shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),
         })
     }
 }
@@ -225,6 +234,7 @@ async fn serve(
     let agents = AgentClient::new(config.timing.timeout).map_err(Error::AgentTls)?;
 
     let source = Arc::new(Collected::new(podmeter_metrics()));
+    let readiness = Readiness::starting();
     let (labels, watch_labels) = PodLabels::watched(client.clone());
     let (targets, discovered) = channel::channel(BTreeSet::new());
     tasks.spawn(watch_labels);
@@ -234,11 +244,14 @@ async fn serve(
     tasks.spawn(collector::run(
         agents,
         source.clone(),
-        config.agents.clone(),
-        discovered,
+        collector::Targets {
+            fixed: config.agents.clone(),
+            discovered,
+        },
         labels,
         config.timing,
         config.agent_token_file.clone(),
+        readiness.clone(),
     ));
     let authenticator = request_headers.authenticator();
     tasks.spawn(configmap::watch(client.clone(), request_headers));
@@ -248,6 +261,7 @@ async fn serve(
             source,
             ApiOptions {
                 external_metrics: config.external_metrics,
+                readiness: readiness.clone(),
             },
         ),
         authenticator,
@@ -264,9 +278,26 @@ async fn serve(
         })?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     on_listening(addr);
-    let served = api::serve(listener, tls, app, shutdown).await;
+    let served = api::serve(
+        listener,
+        tls,
+        app,
+        delayed(shutdown, readiness, config.shutdown_delay),
+    )
+    .await;
     tasks.abort_all();
     served.map_err(Error::Serve)
+}
+
+/// `shutdown`, then `delay` more of serving with `readiness` failing.
+async fn delayed(shutdown: impl Future<Output = ()>, readiness: Readiness, delay: Duration) {
+    shutdown.await;
+    readiness.stopping();
+    tracing::info!(
+        delay_secs = delay.as_secs(),
+        "told to stop: unready, serving on until the endpoints forget this replica"
+    );
+    tokio::time::sleep(delay).await;
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -15,7 +15,7 @@ use super::{
     labels::{Labels, PodLabels},
     served::Collected,
 };
-use crate::{self as api, ApiOptions, podmeter_metrics};
+use crate::{self as api, ApiOptions, Readiness, podmeter_metrics};
 
 /// What to collect from and where to serve.
 #[derive(Clone, Debug)]
@@ -58,19 +58,24 @@ impl Standalone {
             let source = Arc::new(Collected::new(podmeter_metrics()));
             // No discovery: the fixed list is every agent.
             let (_targets, discovered) = channel::channel(BTreeSet::new());
+            let readiness = Readiness::starting();
             let collecting = tokio::spawn(collector::run(
                 agents,
                 source.clone(),
-                self.agents,
-                discovered,
+                collector::Targets {
+                    fixed: self.agents,
+                    discovered,
+                },
                 labels,
                 self.timing,
                 self.agent_token_file,
+                readiness.clone(),
             ));
             let app = api::router(
                 source,
                 ApiOptions {
-                    external_metrics: true,
+                    readiness,
+                    ..ApiOptions::default()
                 },
             );
             let listener = tokio::net::TcpListener::bind(self.listen)

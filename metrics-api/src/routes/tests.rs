@@ -629,11 +629,65 @@ async fn health_probes_answer_ok() {
 }
 
 #[tokio::test]
+async fn readyz_is_503_with_the_reason_until_collected_and_once_stopping() {
+    // Plain text, as kube-apiserver's own /readyz: the kubelet reads only the status.
+    async fn readyz(app: &Router) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(
+                Request::get("/readyz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 10).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+    let readiness = Readiness::starting();
+    let app = router(
+        fixture(),
+        ApiOptions {
+            readiness: readiness.clone(),
+            ..ApiOptions::default()
+        },
+    );
+    assert_eq!(
+        readyz(&app).await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no collection has read a node agent yet".to_owned()
+        )
+    );
+    readiness.ready();
+    assert_eq!(readyz(&app).await, (StatusCode::OK, "ok".to_owned()));
+    readiness.stopping();
+    assert_eq!(
+        readyz(&app).await,
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned())
+    );
+    // Still serving while it stops: liveness, and the metrics themselves.
+    assert_eq!(
+        call(app.clone(), Method::GET, "/livez").await.0,
+        StatusCode::OK
+    );
+    let (status, _) = call(
+        app,
+        Method::GET,
+        &format!("/apis/custom.metrics.k8s.io/v1beta2/{HPA_QUERY}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn external_metrics_can_be_switched_off() {
     let app = router(
         fixture(),
         ApiOptions {
             external_metrics: false,
+            ..ApiOptions::default()
         },
     );
     let (status, body) = call(app.clone(), Method::GET, "/apis").await;
