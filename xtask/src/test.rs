@@ -104,7 +104,7 @@ pub fn lint() -> anyhow::Result<()> {
 
 /// Runs `scripts/k8s-control-plane.sh` (it builds the control plane once, then only checks) and
 /// returns the directory of the binaries, the last line it prints.
-fn kubernetes_control_plane() -> anyhow::Result<PathBuf> {
+pub(crate) fn kubernetes_control_plane() -> anyhow::Result<PathBuf> {
     let script = workspace().join("scripts/k8s-control-plane.sh");
     let out = Command::new("bash")
         .arg(&script)

@@ -3,7 +3,8 @@
 //! in netns pods of the test harness: server overhead on nginx and on a server that spends
 //! 100 µs per request ([`busy`]), and the proxy baseline ([`overhead`]),
 //! agent CPU per request ([`cpu`]), the pipeline ceiling ([`ceiling`]), freshness
-//! ([`freshness`]) and memory ([`memory`]). It prints a table ([`summary`]) and writes
+//! ([`freshness`]), memory ([`memory`]), and the freshness of the whole chain through a real
+//! kube-apiserver's aggregation layer ([`chain`]). It prints a table ([`summary`]) and writes
 //! `target/bench/summary.json`. Everything it creates is removed on exit, Ctrl-C included.
 //!
 //! Timings are reported, never asserted: on a shared or small machine they are ratios measured in
@@ -11,6 +12,7 @@
 
 mod busy;
 mod ceiling;
+mod chain;
 mod concurrency;
 mod cpu;
 mod freshness;
@@ -37,8 +39,8 @@ use servers::Role;
 /// Bench options.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A short smoke run (about 70 s of measurement): fewer and shorter runs, and only the
-    /// 5 s window's step response.
+    /// A short smoke run (about 105 s of measurement, 35 s of it the chain section): fewer and
+    /// shorter runs, and only the 5 s window's step response.
     #[arg(long)]
     quick: bool,
     /// Run only these sections (comma-separated).
@@ -71,6 +73,9 @@ pub enum Section {
     Memory,
     /// Average requests in flight against Little's law, on a server with a known delay.
     Concurrency,
+    /// A served request until kube-apiserver's custom-metrics answer includes it (agent ->
+    /// metrics API -> aggregation layer; starts a control plane, about 1 minute).
+    Chain,
     /// Where the time goes: one run with the agent on under `perf record` (skipped without perf).
     Profile,
     /// The metrics API's collector against 100 to 5,000 simulated node agents on loopback
@@ -99,6 +104,8 @@ pub struct Plan {
     pub step_hold_second: Duration,
     pub memory_connections: u32,
     pub memory_run: Duration,
+    /// Single requests timed through kube-apiserver ([`chain`]).
+    pub chain_samples: u32,
 }
 
 impl Plan {
@@ -120,6 +127,7 @@ impl Plan {
                 step_hold_second: secs(8),
                 memory_connections: 10_000,
                 memory_run: secs(7),
+                chain_samples: 8,
             }
         } else {
             Self {
@@ -139,6 +147,8 @@ impl Plan {
                 step_hold_second: secs(28),
                 memory_connections: 10_000,
                 memory_run: secs(10),
+                // About 45 s: enough for a p95 that is not the maximum.
+                chain_samples: 30,
             }
         }
     }
@@ -258,12 +268,28 @@ pub fn run(args: &Args) -> Result<()> {
         ceiling::build()?;
     }
     let agent_bin = crate::test::target_dir().join("release/podmeter");
+    let k8s_bin = if wants(Section::Chain) {
+        println!(
+            "bench: the Kubernetes control plane (scripts/k8s-control-plane.sh; the first build takes 5 to 13 minutes)"
+        );
+        Some(crate::test::kubernetes_control_plane()?)
+    } else {
+        None
+    };
     let build_secs = build_started.elapsed().as_secs_f64();
 
     crate::interrupt::catch_ctrl_c();
     // The agent's own logs would drown the table.
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PODMETER_LOG", "warn") };
+    if let Some(dir) = &k8s_bin {
+        // SAFETY: as above. The chain section's control plane runs these binaries, and its
+        // metrics API (started by the test harness) is the release binary the agents are.
+        unsafe {
+            std::env::set_var(podmeter_tests::control_plane::BIN_DIR_ENV, dir);
+            std::env::set_var(podmeter_tests::agent::AGENT_BIN_ENV, &agent_bin);
+        }
+    }
     let nofile = system::raise_nofile(65_536)?;
     if wants(Section::Memory) && nofile < u64::from(plan.memory_connections) + 256 {
         bail!(
@@ -360,6 +386,10 @@ pub fn run(args: &Args) -> Result<()> {
     if wants(Section::Concurrency) {
         println!("\n7. concurrency accuracy");
         summary.concurrency = Some(concurrency::measure(&lab)?);
+    }
+    if wants(Section::Chain) {
+        println!("\n8. chain freshness: served -> in kube-apiserver's custom-metrics answer");
+        summary.chain = Some(chain::measure(&lab)?);
     }
     if wants(Section::Profile) {
         println!("\nprofile: perf record -a -g during one saturating run with the agent on");

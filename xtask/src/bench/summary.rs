@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{
     Plan,
     ceiling::{self, CriterionBench, LiveCeiling},
+    chain::ChainResult,
     concurrency::ConcurrencyResult,
     cpu::CpuResult,
     freshness::FreshnessResult,
@@ -29,6 +30,8 @@ const MAX_RSS_MIB: f64 = 32.0;
 const MAX_DELAY_MS: f64 = 1_000.0;
 /// Issue 15: the average concurrency within 1 % of Little's law.
 const MAX_LITTLES_LAW_ERROR: f64 = 0.01;
+/// Issue 14: a served request in kube-apiserver's custom-metrics answer within 1.5 s (p95).
+const MAX_CHAIN_P95_MS: f64 = 1_500.0;
 
 /// One target and where this run stands.
 #[derive(Clone, Debug, Serialize)]
@@ -57,6 +60,7 @@ pub struct Summary {
     pub freshness: Option<FreshnessResult>,
     pub memory: Option<MemoryResult>,
     pub concurrency: Option<ConcurrencyResult>,
+    pub chain: Option<ChainResult>,
     pub profile: Option<ProfileResult>,
     pub targets: Vec<Target>,
 }
@@ -95,6 +99,7 @@ impl Summary {
             freshness: None,
             memory: None,
             concurrency: None,
+            chain: None,
             profile: None,
             targets: Vec::new(),
         }
@@ -270,6 +275,26 @@ impl Summary {
                     c.readings
                 ),
             },
+            None => not_measured(name, target),
+        });
+        let (name, target) = ("served request via kube-apiserver", "p95 <= 1.5 s");
+        targets.push(match &self.chain {
+            Some(c) => {
+                let d = &c.delay;
+                Target {
+                    name,
+                    target,
+                    measured: format!("{:.0} ms p95", d.p95_ms),
+                    verdict: verdict(d.p95_ms <= MAX_CHAIN_P95_MS && d.missed == 0),
+                    note: format!(
+                        "median {:.0} ms, max {:.0} ms over {} requests, {} missed",
+                        d.median_ms,
+                        d.max_ms,
+                        d.samples_ms.len(),
+                        d.missed
+                    ),
+                }
+            }
             None => not_measured(name, target),
         });
         self.targets = targets;
@@ -492,6 +517,33 @@ impl Summary {
                 c.littles_law_error_median * 100.0,
                 c.littles_law_error_max * 100.0,
                 c.readings
+            );
+        }
+        if let Some(c) = &self.chain {
+            let d = &c.delay;
+            let _ = writeln!(
+                t,
+                "\n8. chain freshness: one GET to an idle pod -> its value > 0 in kube-apiserver's \
+                 custom.metrics.k8s.io answer, polled every {:.0} ms ({} pods, window {} s)\n  \
+                 {} requests: median {:.0} ms, p95 {:.0} ms, max {:.0} ms; {} missed (none within 5 s)\n  \
+                 one query through kube-apiserver: p50 {:.1} ms, p95 {:.1} ms, {} failed\n  \
+                 set-up: control plane {:.1} s, APIService Available {:.1} s, first answer {:.1} s, warm-up {:.1} s; section {:.0} s",
+                c.poll_ms,
+                c.pods,
+                c.rate_window_secs,
+                d.samples_ms.len() + d.missed as usize,
+                d.median_ms,
+                d.p95_ms,
+                d.max_ms,
+                d.missed,
+                c.query_p50_ms,
+                c.query_p95_ms,
+                c.query_errors,
+                c.control_plane_start_secs,
+                c.apiservice_available_secs,
+                c.first_answer_secs,
+                c.warmup_secs,
+                c.section_secs
             );
         }
         if let Some(p) = &self.profile {
