@@ -90,27 +90,34 @@ pub fn hey_workers_for(rate: u32, latency: Duration) -> (u32, u32) {
     (workers, rate / workers)
 }
 
-/// Starts hey in `pod` at `rate` requests per second in total to `url`, for at most `duration`,
-/// with its summary kept on stdout for [`parse_hey`].
+/// Starts hey in `pod` at `rate` requests per second in total to `url`, whose slowest requests
+/// take `latency` (workers as [`hey_workers_for`] splits them; `Duration::ZERO` for a server that
+/// answers at once), for at most `duration`, with its summary kept on stdout for [`parse_hey`].
 pub fn start_paced_hey(
     pod: &Pod<'_>,
     url: &str,
-    rate: u32,
+    (rate, latency): (u32, Duration),
     duration: Duration,
     label: String,
 ) -> Result<ChildGuard> {
-    start_paced_hey_with(pod.command("hey")?, url, rate, duration, label)
+    start_paced_hey_with(pod.command("hey")?, url, (rate, latency), duration, label)
 }
 
 /// [`start_paced_hey`] with `command` as hey (e.g. `Command::new("hey")` on the host).
 pub fn start_paced_hey_with(
     command: std::process::Command,
     url: &str,
-    rate: u32,
+    (rate, latency): (u32, Duration),
     duration: Duration,
     label: String,
 ) -> Result<ChildGuard> {
-    start_hey_workers(command, url, hey_workers(rate), duration, label)
+    start_hey_workers(
+        command,
+        url,
+        hey_workers_for(rate, latency),
+        duration,
+        label,
+    )
 }
 
 /// hey with `(workers, per_worker)` as [`hey_workers`] or [`hey_workers_for`] split a rate.
@@ -782,6 +789,11 @@ mod tests {
         assert_eq!(hey_workers(0), (1, 1));
         // Slow requests need more workers, each idle half its period.
         assert_eq!(hey_workers_for(50, CONCURRENCY_DELAY), (10, 5));
+        // One worker at 20 req/s would wait out a 100 ms request past two 50 ms ticks and send
+        // about 16.7 req/s to a server whose every fifth request is that slow.
+        assert_eq!(hey_workers_for(20, Duration::from_millis(100)), (4, 5));
+        assert_eq!(hey_workers_for(30, Duration::from_millis(100)), (6, 5));
+        assert_eq!(hey_workers_for(48, Duration::ZERO), (2, 24));
     }
 
     /// The reference load's windowed rate, read anywhere, stays strictly between the steps that

@@ -204,14 +204,15 @@ impl<'c> Workload<'c> {
     }
 
     /// Starts hey in the client pod: `rate` requests per second in total (workers that divide it
-    /// exactly, see `autoscale::hey_workers`), to the ingress, for at most `duration`.
+    /// exactly, see `autoscale::hey_workers`), to the ingress (nginx to nginx: answered at once),
+    /// for at most `duration`.
     pub fn start_load(&mut self, rate: u32, duration: Duration) -> Result<()> {
         let url = self.ingress_pod.url("/");
         let label = format!("hey {}", self.name);
         self.load = Some(crate::autoscale::start_paced_hey(
             &self.client,
             &url,
-            rate,
+            (rate, Duration::ZERO),
             duration,
             label,
         )?);

@@ -44,6 +44,9 @@ const RATES: [u32; 2] = [20, 30];
 /// Every fifth request takes 100 ms at the server, the others 10 ms: p95 is 100 ms.
 const MIX_PATH: &str = "/mix/10/100/5";
 const SLOW_SECONDS: f64 = 0.100;
+/// The slow requests' time, for hey's workers: enough of them to keep the rate with every fifth
+/// request taking it.
+const SLOW: Duration = Duration::from_millis(100);
 /// How far a served rate may be from hey's.
 const TOLERANCE: f64 = 0.15;
 const HEY_FOR: Duration = Duration::from_secs(120);
@@ -348,7 +351,7 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     let first_load = start_paced_hey(
         &client,
         &first_server.url(MIX_PATH),
-        RATES[0],
+        (RATES[0], SLOW),
         HEY_FOR,
         format!("hey {}", first.name),
     )
@@ -356,7 +359,7 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     let _second_load = start_paced_hey(
         &client,
         &second_server.url(MIX_PATH),
-        RATES[1],
+        (RATES[1], SLOW),
         HEY_FOR,
         format!("hey {}", second.name),
     )
@@ -486,7 +489,7 @@ fn the_agent_names_pods_from_the_api_and_the_metrics_api_finds_it_by_endpointsli
     let replacement_load = start_paced_hey(
         &client,
         &replacement_server.url(MIX_PATH),
-        RATES[0],
+        (RATES[0], SLOW),
         HEY_FOR,
         format!("hey {}", replacement.name),
     )

@@ -527,7 +527,7 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
             start_paced_hey_with(
                 Command::new("hey"),
                 &load.ingress.url(),
-                RATE,
+                (RATE, Duration::ZERO),
                 LOAD_DURATION,
                 format!("hey {name}"),
             )
