@@ -192,7 +192,12 @@ pub fn pod_values(
         .check("kubectl get --raw")?;
     let list: Value = serde_json::from_str(&out.stdout)?;
     anyhow::ensure!(list["kind"] == "MetricValueList", "{list}");
-    Ok(list["items"]
+    Ok(metric_values(&list))
+}
+
+/// The value per described object's name in a `MetricValueList`.
+pub fn metric_values(list: &Value) -> std::collections::BTreeMap<String, f64> {
+    list["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -205,7 +210,7 @@ pub fn pod_values(
                 quantity(item["value"].as_str().unwrap_or_default()),
             )
         })
-        .collect())
+        .collect()
 }
 
 /// Whether APIService `name` reports `Available=True`, and its condition for messages.

@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use podmeter_tests::{
     Nginx, Pod,
     control_plane::{ControlPlane, wait_until},
-    metrics_api::{self, quantity},
+    metrics_api::{self, metric_values},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -285,21 +285,7 @@ impl Chain {
     fn values(&mut self) -> Result<(Values, Instant)> {
         let list = self.api.get(&self.path)?;
         let arrived = Instant::now();
-        let values = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|item| {
-                (
-                    item["describedObject"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    quantity(item["value"].as_str().unwrap_or_default()),
-                )
-            })
-            .collect();
-        Ok((values, arrived))
+        Ok((metric_values(&list), arrived))
     }
 
     /// How long after `served` an answer first gave `pod` a value above 0, asking every [`POLL`];
