@@ -587,15 +587,7 @@ fn kubectl_apply_k_installs_podmeter_on_a_real_node_and_its_hpas_settle_at_2_and
 
     // 5. The agent's pod is deleted under load: its replacement takes over.
     let old_agent = name_of(&agent).to_owned();
-    let deleted = cp
-        .request(
-            "DELETE",
-            &format!("/api/v1/namespaces/{SYSTEM}/pods/{old_agent}"),
-            None,
-        )
-        .expect("DELETE the agent pod");
-    assert!(deleted.is_success(), "{deleted:?}");
-    let deleted_at = Instant::now();
+    let deleted_at = delete_system_pod(&cp, &old_agent);
     let mut longest_gap = Duration::ZERO;
     let mut gap_since: Option<Instant> = None;
     let mut oldest = 0.0_f64;
@@ -831,15 +823,7 @@ fn metrics_api_replica_deleted_under_load(
     assert_eq!(replicas.len(), 2, "two metrics API replicas");
     let victim = name_of(&replicas[0]).to_owned();
     let pid = container_pid(node, cgroup2, &replicas[0]);
-    let deleted = cp
-        .request(
-            "DELETE",
-            &format!("/api/v1/namespaces/{SYSTEM}/pods/{victim}"),
-            None,
-        )
-        .expect("DELETE a metrics API pod");
-    assert!(deleted.is_success(), "{deleted:?}");
-    let deleted_at = Instant::now();
+    let deleted_at = delete_system_pod(cp, &victim);
     let (mut queries, mut oldest) = (0_u32, 0.0_f64);
     let mut exited: Option<Duration> = None;
     let mut replacement: Option<(String, Duration)> = None;
@@ -960,4 +944,18 @@ fn container_logs(namespace: &str) -> String {
         }
     }
     out
+}
+
+/// Deletes pod `name` of podmeter's namespace (as `kubectl delete pod` does: graceful, the
+/// kubelet stops it); returns when kube-apiserver accepted it.
+fn delete_system_pod(cp: &ControlPlane, name: &str) -> Instant {
+    let deleted = cp
+        .request(
+            "DELETE",
+            &format!("/api/v1/namespaces/{SYSTEM}/pods/{name}"),
+            None,
+        )
+        .unwrap_or_else(|error| panic!("DELETE pod {name}: {error:#}"));
+    assert!(deleted.is_success(), "DELETE pod {name}: {deleted:?}");
+    Instant::now()
 }
